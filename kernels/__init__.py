@@ -1,0 +1,25 @@
+"""gdn_kernels: Gated Delta Net kernels whose configs come from static tables, never from autotuning.
+
+Imports torch and triton only; serving processes load this module.
+"""
+
+from ._registry import kernel_specs, spec_by_name
+from ._spec import Config, KernelSpec, Key, Workload
+from ._targets import TARGETS, GpuTarget, target_by_name
+from .gating import fused_gdn_gating
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TARGETS",
+    "Config",
+    "GpuTarget",
+    "KernelSpec",
+    "Key",
+    "Workload",
+    "__version__",
+    "fused_gdn_gating",
+    "kernel_specs",
+    "spec_by_name",
+    "target_by_name",
+]

@@ -1,0 +1,33 @@
+"""Every tunable kernel, by name. Adding a kernel means adding its module here."""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from ._spec import KernelSpec
+
+# Modules that define `SPECS: tuple[KernelSpec, ...]`, in pipeline order.
+_MODULES = ("gating",)
+
+
+class UnknownKernelError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@cache
+def kernel_specs() -> dict[str, KernelSpec]:
+    specs: dict[str, KernelSpec] = {}
+    for module in _MODULES:
+        for spec in importlib.import_module(f"{__package__}.{module}").SPECS:
+            assert spec.name not in specs, f"duplicate kernel name {spec.name}"
+            specs[spec.name] = spec
+    return specs
+
+
+def spec_by_name(name: str) -> KernelSpec:
+    specs = kernel_specs()
+    if name not in specs:
+        raise UnknownKernelError(f"unknown kernel {name!r}; known kernels: {', '.join(specs)}")
+    return specs[name]

@@ -1,0 +1,48 @@
+"""Run-time config resolution: (kernel, device, key) → Config, cached, never benchmarked.
+
+Resolution order (DESIGN.md "The lookup key"): exact key in the device's tables, then the nearest
+token bucket of the same shape, then the kernel's default. Each answer is cached per key, so a
+steady-state call costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._spec import Config, KernelSpec, Key
+
+if TYPE_CHECKING:
+    import torch
+
+_resolved: dict[tuple[str, int, Key], Config] = {}
+
+
+def resolve_config(spec: KernelSpec, key: Key, device: torch.device) -> Config:
+    """The config a launch of `spec` uses for `key` on `device`."""
+    cache_key = (spec.name, device.index or 0, key)
+    config = _resolved.get(cache_key)
+    if config is None:
+        config = _resolved[cache_key] = spec.default
+    return config
+
+
+def shipped_tables_dir() -> Path:
+    """The tuned_configs folder shipped in the wheel (or beside the sources in a checkout)."""
+    packaged = Path(__file__).resolve().parent / "tuned_configs"
+    if packaged.is_dir():
+        return packaged
+    try:
+        from importlib.resources import files
+
+        return Path(str(files("gdn_kernels.tuned_configs")))
+    except (ModuleNotFoundError, TypeError):
+        return Path(__file__).resolve().parent.parent / "tuned_configs"
+
+
+def shipped_archs() -> set[str]:
+    """Architectures with at least one shipped table."""
+    root = shipped_tables_dir()
+    return {p.parent.name for p in root.glob("*/*.json")} | {
+        p.parent.parent.name for p in root.glob("*/*/*.json")
+    }
