@@ -7,6 +7,7 @@ steady-state call costs one dict lookup.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,16 @@ from ._spec import Config, KernelSpec, Key
 
 if TYPE_CHECKING:
     import torch
+
+@dataclass(frozen=True)
+class TableEntry:
+    """One row of a table: the config chosen for a key, with its measured time and the default's."""
+
+    key: Key
+    config: Config
+    time_ms: float | None = None
+    default_time_ms: float | None = None
+
 
 _resolved: dict[tuple[str, int, Key], Config] = {}
 

@@ -11,6 +11,8 @@ Query/key head h serves value heads h·G .. h·G+G−1, G = HV / H (grouped valu
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 
@@ -24,7 +26,7 @@ def sequence_bounds(T: int, cu_seqlens: torch.Tensor | None) -> list[tuple[int, 
     if cu_seqlens is None:
         return [(0, T)]
     cu = cu_seqlens.tolist()
-    return list(zip(cu[:-1], cu[1:], strict=True))
+    return list(itertools.pairwise(cu))
 
 
 def gated_delta_rule_reference(
