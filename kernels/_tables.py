@@ -16,6 +16,7 @@ from ._spec import Config, KernelSpec, Key
 if TYPE_CHECKING:
     import torch
 
+
 @dataclass(frozen=True)
 class TableEntry:
     """One row of a table: the config chosen for a key, with its measured time and the default's."""
