@@ -218,6 +218,7 @@ class Workload:
     tokens: int  # total tokens of the call (prefill) or sequences (decode: one token each)
     sequences: int = 1
     dtype: str = "bfloat16"
+    phase: str = "prefill"  # "prefill" (chunked path) or "decode" (one token per sequence)
 
     @property
     def label(self) -> str:
@@ -249,6 +250,7 @@ class KernelSpec:
     launch: Callable[[Tensors, Tensors, Config], None]
     reference: Callable[[Tensors], Tensors]
     tolerance: float = 1e-2  # relative L2 error allowed per output, 16-bit inputs
+    phases: tuple[str, ...] = ("prefill",)  # which workloads of a preset this kernel is tuned for
     bytes_moved: Callable[[Key], int] | None = None  # for bandwidth figures in reports
     _hash: list[str] = field(default_factory=list, compare=False, repr=False)
 

@@ -149,6 +149,7 @@ SPEC = KernelSpec(
     launch=_launch_gating,
     reference=gating_reference,
     tolerance=1e-5,  # float32 arithmetic throughout
+    phases=("prefill", "decode"),
     bytes_moved=lambda key: key["T"] * key["HV"] * (2 * 2 + 2 * 4),
 )
 SPECS = (SPEC,)
