@@ -1,0 +1,95 @@
+"""The package as a user installs it: wheel contents, a light runtime import, the `gdn-tune` command."""
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gdn_kernels import TARGETS
+from gdn_tune.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPECTED_TARGETS = {
+    "a100": ("sm80", "8.0"),
+    "h100": ("sm90", "9.0"),
+    "h200": ("sm90", "9.0"),
+    "b200": ("sm100", "10.0"),
+    "rtx5090": ("sm120", "12.0"),
+}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (found,) = out.glob("gdn_tune-*.whl")
+    return found
+
+
+def test_wheel_holds_exactly_the_two_packages_and_the_tables(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"gdn_kernels", "gdn_tune"}
+    shipped = {
+        "gdn_kernels/tuned_configs/" + p.relative_to(ROOT / "tuned_configs").as_posix()
+        for p in (ROOT / "tuned_configs").rglob("*.json")
+    }
+    assert shipped, "tuned_configs/ holds no JSON at all"
+    assert shipped <= set(names), sorted(shipped - set(names))
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "gdn-tune = gdn_tune.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_import_gdn_kernels_stays_light():
+    code = (
+        "import sys, gdn_kernels; "
+        "print([m for m in ('optuna', 'sqlalchemy', 'click', 'pyarrow', 'gdn_tune') if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_no_autotune_in_the_runtime_package():
+    offenders = [p for p in (ROOT / "kernels").rglob("*.py") if "autotune" in p.read_text()]
+    assert offenders == []
+
+
+def test_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert "gdn-tune, version" in result.output
+
+
+def test_targets_lists_every_target_with_its_arch():
+    result = CliRunner().invoke(main, ["targets"])
+    assert result.exit_code == 0, result.output
+    for name, (arch, cc) in EXPECTED_TARGETS.items():
+        line = next(line for line in result.output.splitlines() if line.startswith(name + " "))
+        assert arch in line and cc in line
+
+
+def test_targets_json():
+    result = CliRunner().invoke(main, ["targets", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert {n: (r["arch"], r["compute_capability"]) for n, r in rows.items()} == EXPECTED_TARGETS
+    for name, row in rows.items():
+        assert row["shared_memory_per_block"] == TARGETS[name].shared_memory_per_block
+        assert row["sm_count"] == TARGETS[name].sm_count
+        assert isinstance(row["tables_shipped"], bool)
+
+
+def test_unknown_target_names_the_known_ones():
+    result = CliRunner().invoke(main, ["targets", "h300"])
+    assert result.exit_code != 0
+    assert "unknown GPU target 'h300'" in result.output
+    for name in EXPECTED_TARGETS:
+        assert name in result.output
