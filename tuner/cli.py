@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+
 from gdn_kernels import TARGETS, __version__, target_by_name
 from gdn_kernels._targets import GpuTarget, UnknownTargetError
 
