@@ -17,6 +17,31 @@ if TYPE_CHECKING:
     import torch
 
 
+SCHEMA_VERSION = 1
+
+
+class TableError(ValueError):
+    """A table is missing or malformed and GDN_TUNE_STRICT=1 asks for an error instead of a warning."""
+
+
+class TableWarning(UserWarning):
+    """A table file or entry was skipped (or an arch has no tables); the kernel default is used instead."""
+
+
+def device_folder_name(device_name: str) -> str:
+    """The folder of one GPU model's tables: its device name with spaces as "_" ("NVIDIA_H200").
+
+    Only letters, digits, "_", "-" and "." are allowed, and not "." or ".." alone, so a device
+    name can never point the lookup outside the arch folder.
+    """
+    folder = device_name.strip().replace(" ", "_")
+    if not folder or folder in (".", "..") or not all(c.isalnum() or c in "_-." for c in folder):
+        raise ValueError(
+            f"device name {device_name!r} cannot name a table folder (letters, digits, '_-.' only)"
+        )
+    return folder
+
+
 @dataclass(frozen=True)
 class TableEntry:
     """One row of a table: the config chosen for a key, with its measured time and the default's."""
