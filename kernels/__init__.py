@@ -7,6 +7,7 @@ from ._registry import kernel_specs, spec_by_name
 from ._spec import Config, KernelSpec, Key, Workload
 from ._targets import TARGETS, GpuTarget, target_by_name
 from .gating import fused_gdn_gating
+from .l2norm import l2norm
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,7 @@ __all__ = [
     "__version__",
     "fused_gdn_gating",
     "kernel_specs",
+    "l2norm",
     "spec_by_name",
     "target_by_name",
 ]
