@@ -63,3 +63,10 @@ def targets(names: tuple[GpuTarget, ...], as_json: bool) -> None:
         click.echo(
             f"{r['name']:<9} {r['arch']:<6} {r['compute_capability']:<5} {smem:>11} {r['sm_count']:>4}  {shipped_text}"
         )
+
+
+from gdn_tune.cli_tables import check, diff, show  # noqa: E402  (commands defined in their own module)
+
+main.add_command(check)
+main.add_command(show)
+main.add_command(diff)

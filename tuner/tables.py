@@ -16,14 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gdn_kernels._launch import compile_for_target, recording
-from gdn_kernels._spec import Config, KernelSpec, Key
+from gdn_kernels._launch import LaunchRecord, compile_for_target, recording
+from gdn_kernels._launch import _signature as launch_signature
+from gdn_kernels._registry import kernel_specs
+from gdn_kernels._spec import Config, KernelSpec, Key, unique_keys
 from gdn_kernels._tables import (
     SCHEMA_VERSION,
+    Table,
     TableEntry,
+    TableProblem,
     device_folder_name,
+    load_table,
+    shipped_tables_dir,
 )
-from gdn_kernels._targets import GpuTarget
+from gdn_kernels._targets import ARCHS, TARGETS, GpuTarget
+from gdn_tune.presets import preset_by_name
 
 # Times are written with 6 significant digits: CUDA-event timings of one kernel vary by more than
 # 0.1 % between replays, so further digits are noise that would make identical sweeps differ in bytes.
@@ -48,6 +55,31 @@ def _first_lines(error: BaseException, limit: int = 400) -> str:
     """A compile error in a few hundred characters: Triton's messages can run to pages of MLIR."""
     text = f"{type(error).__name__}: {error}".strip()
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# Compiled launches by (kernel, argument types, constexprs, warps, stages, cc): keys that differ only
+# in a runtime size (most token buckets) compile to the same binary, so `check` compiles it once.
+_compiled: dict[tuple[Any, ...], int | str] = {}
+
+
+def _compile_shared_bytes(record: LaunchRecord, cc: int) -> int | str:
+    """Shared memory the launch needs on `cc`, or why it does not compile."""
+    signature, constexprs = launch_signature(record)
+    memo_key = (
+        record.kernel.__module__,
+        record.kernel.__name__,
+        tuple(sorted(signature.items())),
+        tuple(sorted((k, repr(v)) for k, v in constexprs.items())),
+        record.num_warps,
+        record.num_stages,
+        cc,
+    )
+    if memo_key not in _compiled:
+        try:
+            _compiled[memo_key] = int(compile_for_target(record, cc).metadata.shared)
+        except Exception as e:
+            _compiled[memo_key] = _first_lines(e)
+    return _compiled[memo_key]
 
 
 def compile_check(spec: KernelSpec, key: Key, config: Config, target: GpuTarget) -> CompileResult:
@@ -75,11 +107,10 @@ def compile_check(spec: KernelSpec, key: Key, config: Config, target: GpuTarget)
         return result(False, None, "the launcher recorded no kernel launch")
     shared = 0
     for record in records:
-        try:
-            compiled = compile_for_target(record, target.cc)
-        except Exception as e:
-            return result(False, None, f"{record.kernel.__name__} does not compile: {_first_lines(e)}")
-        shared = max(shared, int(compiled.metadata.shared))
+        outcome = _compile_shared_bytes(record, target.cc)
+        if isinstance(outcome, str):
+            return result(False, None, f"{record.kernel.__name__} does not compile: {outcome}")
+        shared = max(shared, outcome)
     if shared > target.shared_memory_per_block:
         return result(
             False,
@@ -189,3 +220,393 @@ def merge_entries(existing: Iterable[TableEntry], swept: Iterable[TableEntry]) -
     merged = {e.key: e for e in existing}
     merged.update({e.key: e for e in swept})
     return list(merged.values())
+
+
+def read_entries(path: Path | str, spec: KernelSpec) -> tuple[list[TableEntry], list[TableProblem]]:
+    """The valid entries of an existing table (none when there is no file), and what was left out."""
+    path = Path(path)
+    if not path.exists():
+        return [], []
+    table, problems = load_table(path, {spec.name: spec})
+    entries = [entry for _, entry in table.entries.values()] if table is not None else []
+    return entries, problems
+
+
+def merge_into_table(
+    out_dir: Path | str,
+    arch: str,
+    spec: KernelSpec,
+    swept: Iterable[TableEntry],
+    made_with: Mapping[str, Any],
+    device_name: str | None = None,
+) -> tuple[Path, list[TableProblem]]:
+    """Export: write `swept` into the existing table, replacing those keys and keeping the others.
+
+    Entries of the old file that the current kernel rejects are dropped and returned as problems; the
+    file's `made_with` becomes the new one (the kept entries keep their own times).
+    """
+    path = table_path(out_dir, arch, spec.name, device_name)
+    existing, problems = read_entries(path, spec)
+    written = write_table(out_dir, arch, spec, merge_entries(existing, swept), made_with, device_name)
+    return written, problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading a folder of tables (check, show, diff)
+
+
+@dataclass(frozen=True)
+class TableFile:
+    """One table file found under a root, parsed: the table (None when the whole file is bad)."""
+
+    arch: str
+    device_folder: str | None
+    path: Path
+    table: Table | None
+    problems: tuple[TableProblem, ...]
+
+    @property
+    def kernel(self) -> str:
+        return self.table.kernel if self.table is not None else self.path.stem
+
+    @property
+    def place(self) -> str:
+        return f"{self.arch}/{self.device_folder}" if self.device_folder else self.arch
+
+
+def _arch_folders(root: Path, archs: Iterable[str] | None) -> tuple[list[str], list[str]]:
+    """The archs to read, and problems with the root's folders (unknown arch folder names)."""
+    if archs is not None:
+        archs = list(archs)
+        unknown = [a for a in archs if a not in ARCHS]
+        if unknown:
+            raise ValueError(f"unknown arch {', '.join(unknown)}; known: {', '.join(ARCHS)}")
+        return archs, []
+    found, problems = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        if folder.name in ARCHS:
+            found.append(folder.name)
+        elif folder.name != "__pycache__":
+            problems.append(f"{folder}: not an arch folder (known archs: {', '.join(ARCHS)})")
+    return sorted(found, key=ARCHS.index), problems
+
+
+def read_tables(
+    root: Path | str,
+    archs: Iterable[str] | None = None,
+    specs: Mapping[str, KernelSpec] | None = None,
+) -> list[TableFile]:
+    """Every table under `root` for `archs` (default: every arch folder there), in a stable order."""
+    root = Path(root)
+    specs = kernel_specs() if specs is None else specs
+    wanted, _ = _arch_folders(root, archs)
+    files = []
+    for arch in wanted:
+        arch_dir = root / arch
+        paths = sorted(arch_dir.glob("*.json")) + sorted(arch_dir.glob("*/*.json"))
+        for path in paths:
+            folder = path.parent.name if path.parent != arch_dir else None
+            if folder is not None and _bad_device_folder(folder):
+                problem = TableProblem(str(path), None, None, f"{folder!r} is not a valid device folder name")
+                files.append(TableFile(arch, folder, path, None, (problem,)))
+                continue
+            table, problems = load_table(path, specs, expected_arch=arch)
+            files.append(TableFile(arch, folder, path, table, tuple(problems)))
+    return files
+
+
+def _bad_device_folder(folder: str) -> bool:
+    try:
+        return device_folder_name(folder) != folder
+    except ValueError:
+        return True
+
+
+def target_for_table(arch: str, device_folder: str | None) -> GpuTarget:
+    """The target a table's entries are compiled for: its GPU model when the folder names one, else the
+    arch's target with the least shared memory (a config must fit every GPU of the arch)."""
+    candidates = [t for t in TARGETS.values() if t.arch == arch]
+    if device_folder is not None:
+        named = [t for t in candidates if t.device_name_marker.lower() in device_folder.lower()]
+        candidates = named or candidates
+    return min(candidates, key=lambda t: (t.shared_memory_per_block, t.name))
+
+
+# --------------------------------------------------------------------------------------------------
+# check
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    path: str
+    arch: str
+    device_folder: str | None
+    kernel: str
+    entries: int  # valid entries
+    stale: bool  # made for another version of the kernel (source or search space)
+    problems: tuple[str, ...]  # validation problems, compile failures, staleness
+    compiled: int  # entries compiled for the target
+    max_shared_bytes: int | None
+
+
+@dataclass(frozen=True)
+class Coverage:
+    arch: str
+    kernel: str
+    wanted: int
+    covered: int
+    missing: tuple[str, ...]  # key labels without an exact entry
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    root: str
+    archs: tuple[str, ...]
+    files: tuple[FileCheck, ...]
+    coverage: tuple[Coverage, ...]
+    problems: tuple[str, ...]  # everything wrong, one line each
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _compile_entries(spec: KernelSpec, table: Table, target: GpuTarget) -> tuple[list[str], int, int | None]:
+    failures, compiled, max_shared = [], 0, None
+    for index, entry in sorted(table.entries.values(), key=lambda item: item[0]):
+        result = compile_check(spec, entry.key, entry.config, target)
+        compiled += 1
+        if result.shared_bytes is not None:
+            max_shared = max(max_shared or 0, result.shared_bytes)
+        if not result.ok:
+            failures.append(
+                f"{table.file}, entry {index} ({entry.key.label}, {entry.config.label}): "
+                f"fails on {target.name} ({target.arch}): {result.error}"
+            )
+    return failures, compiled, max_shared
+
+
+def check_tables(
+    root: Path | str | None = None,
+    archs: Iterable[str] | None = None,
+    preset: str | None = None,
+    compile_entries: bool = True,
+    specs: Mapping[str, KernelSpec] | None = None,
+) -> CheckReport:
+    """Validate the tables under `root` (default: the shipped ones), compile every entry for its arch
+    and check it fits the target's shared memory, flag tables made for another version of a kernel,
+    and count how many of a preset's keys have an exact entry. `archs` None: every arch folder there;
+    an arch named explicitly with no tables at all is a problem."""
+    root = Path(root) if root is not None else shipped_tables_dir()
+    specs = kernel_specs() if specs is None else specs
+    if not root.is_dir():
+        raise ValueError(f"table folder {root} does not exist")
+    chosen, problems = _arch_folders(root, archs)
+    files = read_tables(root, chosen, specs)
+    checks = []
+    for table_file in files:
+        file_problems = [str(p) for p in table_file.problems]
+        table = table_file.table
+        stale, compiled, max_shared = False, 0, None
+        if table is not None:
+            spec = specs[table.kernel]
+            if table.kernel_hash != spec.source_hash():
+                stale = True
+                file_problems.append(
+                    f"{table.file}: stale: made for kernel hash {table.kernel_hash}, "
+                    f"{spec.name} is now {spec.source_hash()} (re-tune; entries the kernel rejects are skipped)"
+                )
+            if compile_entries:
+                target = target_for_table(table_file.arch, table_file.device_folder)
+                failures, compiled, max_shared = _compile_entries(spec, table, target)
+                file_problems += failures
+        checks.append(
+            FileCheck(
+                str(table_file.path),
+                table_file.arch,
+                table_file.device_folder,
+                table_file.kernel,
+                len(table.entries) if table is not None else 0,
+                stale,
+                tuple(file_problems),
+                compiled,
+                max_shared,
+            )
+        )
+        problems += file_problems
+    if archs is not None:
+        for arch in chosen:
+            if not any(f.arch == arch for f in files):
+                problems.append(f"{root / arch}: no tables for {arch}")
+    coverage = _coverage(files, chosen, preset, specs) if preset is not None else []
+    for c in coverage:
+        if c.covered < c.wanted:
+            problems.append(
+                f"{c.arch}/{c.kernel}: {c.wanted - c.covered} of {c.wanted} keys of preset {preset} "
+                f"have no exact entry"
+            )
+    return CheckReport(str(root), tuple(chosen), tuple(checks), tuple(coverage), tuple(problems))
+
+
+def _coverage(
+    files: list[TableFile], archs: list[str], preset_name: str, specs: Mapping[str, KernelSpec]
+) -> list[Coverage]:
+    """For each arch and kernel, the preset's keys with an exact entry in the arch folder's table (the
+    one every GPU of the arch falls back to)."""
+    preset = preset_by_name(preset_name)
+    rows = []
+    for arch in archs:
+        for spec in specs.values():
+            wanted = unique_keys(spec.key_for(w) for w in preset.workloads if w.phase in spec.phases)
+            table = next(
+                (
+                    f.table
+                    for f in files
+                    if f.arch == arch and f.device_folder is None and f.table and f.table.kernel == spec.name
+                ),
+                None,
+            )
+            have = table.entries if table is not None else {}
+            missing = tuple(k.label for k in wanted if k not in have)
+            rows.append(Coverage(arch, spec.name, len(wanted), len(wanted) - len(missing), missing))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# show
+
+
+@dataclass(frozen=True)
+class ShowRow:
+    arch: str
+    device_folder: str | None
+    kernel: str
+    key: dict[str, Any]
+    config: dict[str, int]
+    time_ms: float | None
+    default_time_ms: float | None
+    speedup: float | None  # default's time / the entry's time
+    file: str
+    entry: int
+
+
+def _speedup(entry: TableEntry) -> float | None:
+    if entry.time_ms is None or entry.default_time_ms is None:
+        return None
+    return entry.default_time_ms / entry.time_ms
+
+
+def show_tables(
+    root: Path | str | None = None,
+    arch: str | None = None,
+    kernel: str | None = None,
+    specs: Mapping[str, KernelSpec] | None = None,
+) -> tuple[list[ShowRow], list[TableProblem]]:
+    """The valid entries under `root` (default: the shipped tables), for one arch and kernel when given,
+    plus the problems of the entries and files left out."""
+    specs = kernel_specs() if specs is None else specs
+    if kernel is not None and kernel not in specs:
+        raise ValueError(f"unknown kernel {kernel!r}; known kernels: {', '.join(specs)}")
+    root = Path(root) if root is not None else shipped_tables_dir()
+    rows, problems = [], []
+    for table_file in read_tables(root, [arch] if arch else None, specs):
+        if kernel is not None and table_file.kernel != kernel:
+            continue
+        problems += table_file.problems
+        if table_file.table is None:
+            continue
+        table = table_file.table
+        for index, entry in sorted(table.entries.values(), key=lambda item: _key_sort_value(item[1].key)):
+            rows.append(
+                ShowRow(
+                    table_file.arch,
+                    table_file.device_folder,
+                    table.kernel,
+                    entry.key.as_dict(),
+                    entry.config.as_dict(),
+                    entry.time_ms,
+                    entry.default_time_ms,
+                    _speedup(entry),
+                    table.file,
+                    index,
+                )
+            )
+    return rows, problems
+
+
+# --------------------------------------------------------------------------------------------------
+# diff
+
+
+@dataclass(frozen=True)
+class DiffRow:
+    change: str  # "added", "removed", "changed" (another config) or "retimed" (same config, new times)
+    place: str  # "sm90" or "sm90/NVIDIA_H200"
+    kernel: str
+    key: dict[str, Any]
+    config_a: dict[str, int] | None
+    config_b: dict[str, int] | None
+    time_ms_a: float | None
+    time_ms_b: float | None
+    speedup_a: float | None
+    speedup_b: float | None
+
+
+@dataclass(frozen=True)
+class TableDiff:
+    dir_a: str
+    dir_b: str
+    rows: tuple[DiffRow, ...]
+    problems: tuple[str, ...]  # files or entries of either side that could not be compared
+
+    def count(self, change: str) -> int:
+        return sum(r.change == change for r in self.rows)
+
+
+def _entries_by_place(files: list[TableFile]) -> dict[tuple[str, str, Key], TableEntry]:
+    found = {}
+    for table_file in files:
+        if table_file.table is not None:
+            for _, entry in table_file.table.entries.values():
+                found[(table_file.place, table_file.kernel, entry.key)] = entry
+    return found
+
+
+def diff_tables(
+    dir_a: Path | str, dir_b: Path | str, specs: Mapping[str, KernelSpec] | None = None
+) -> TableDiff:
+    """What changed from the tables in `dir_a` to those in `dir_b`, entry by entry (for a release review)."""
+    for folder in (dir_a, dir_b):
+        if not Path(folder).is_dir():
+            raise ValueError(f"table folder {folder} does not exist")
+    files_a, files_b = read_tables(dir_a, specs=specs), read_tables(dir_b, specs=specs)
+    a, b = _entries_by_place(files_a), _entries_by_place(files_b)
+    rows = []
+    for place_key in sorted(a.keys() | b.keys(), key=lambda k: (k[0], k[1], _key_sort_value(k[2]))):
+        old, new = a.get(place_key), b.get(place_key)
+        if old is not None and new is not None:
+            if old.config != new.config:
+                change = "changed"
+            elif (old.time_ms, old.default_time_ms) != (new.time_ms, new.default_time_ms):
+                change = "retimed"
+            else:
+                continue
+        else:
+            change = "added" if old is None else "removed"
+        place, kernel, key = place_key
+        rows.append(
+            DiffRow(
+                change,
+                place,
+                kernel,
+                key.as_dict(),
+                old.config.as_dict() if old else None,
+                new.config.as_dict() if new else None,
+                old.time_ms if old else None,
+                new.time_ms if new else None,
+                _speedup(old) if old else None,
+                _speedup(new) if new else None,
+            )
+        )
+    problems = [str(p) for f in files_a + files_b for p in f.problems]
+    return TableDiff(str(dir_a), str(dir_b), tuple(rows), tuple(problems))
