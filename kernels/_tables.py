@@ -443,6 +443,7 @@ _resolved: dict[_ResolvedKey, Config] = {}
 _resolutions: dict[_ResolvedKey, Resolution] = {}
 _places: dict[tuple[str, int | None], _Place] = {}
 _loaded: dict[tuple[str, str], Table | None] = {}  # (file, kernel) → table, read once per process
+_found: dict[tuple[str, str | None, str | None], list[Table]] = {}  # (kernel, arch, device folder)
 _warned: set[str] = set()
 _lock = threading.RLock()
 
@@ -470,7 +471,14 @@ def _table(path: Path, spec: KernelSpec, arch: str) -> Table | None:
 
 
 def _tables_for(spec: KernelSpec, place: _Place) -> list[Table]:
-    """The kernel's tables for a device, highest priority first."""
+    """The kernel's tables for a device, highest priority first; found and read once per process."""
+    cache_key = (spec.name, place.arch, place.device_folder)
+    if cache_key not in _found:
+        _found[cache_key] = _find_tables(spec, place)
+    return _found[cache_key]
+
+
+def _find_tables(spec: KernelSpec, place: _Place) -> list[Table]:
     assert place.arch is not None
     tables = []
     arch_has_tables = False
@@ -598,4 +606,5 @@ def reset() -> None:
         _resolutions.clear()
         _places.clear()
         _loaded.clear()
+        _found.clear()
         _warned.clear()

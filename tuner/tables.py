@@ -9,12 +9,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from triton.runtime.jit import JITFunction
 
 from gdn_kernels._launch import LaunchRecord, compile_for_target, recording
 from gdn_kernels._launch import _signature as launch_signature
@@ -62,9 +67,15 @@ def _first_lines(error: BaseException, limit: int = 400) -> str:
 _compiled: dict[tuple[Any, ...], int | str] = {}
 
 
+def _as_jit(record: LaunchRecord) -> LaunchRecord:
+    return LaunchRecord(JITFunction(record.kernel.fn), record.args, record.num_warps, record.num_stages)
+
+
 def _compile_shared_bytes(record: LaunchRecord, cc: int) -> int | str:
     """Shared memory the launch needs on `cc`, or why it does not compile."""
-    signature, constexprs = launch_signature(record)
+    # An interpreted kernel has no parameter list; a JITFunction of the same Python function has.
+    typed = record if isinstance(record.kernel, JITFunction) else _as_jit(record)
+    signature, constexprs = launch_signature(typed)
     memo_key = (
         record.kernel.__module__,
         record.kernel.__name__,
@@ -75,11 +86,88 @@ def _compile_shared_bytes(record: LaunchRecord, cc: int) -> int | str:
         cc,
     )
     if memo_key not in _compiled:
-        try:
-            _compiled[memo_key] = int(compile_for_target(record, cc).metadata.shared)
-        except Exception as e:
-            _compiled[memo_key] = _first_lines(e)
+        if isinstance(record.kernel, JITFunction):
+            try:
+                _compiled[memo_key] = int(compile_for_target(record, cc).metadata.shared)
+            except Exception as e:
+                _compiled[memo_key] = _first_lines(e)
+        else:
+            _compiled[memo_key] = _compile_in_worker(record, signature, constexprs, cc)
     return _compiled[memo_key]
+
+
+# Under TRITON_INTERPRET=1 (CPU runs, CI) `@triton.jit` makes InterpretedFunctions, which Triton's
+# compiler cannot take, and the variable is read when a kernel is decorated. So those launches are
+# compiled by a child process started without it, which imports the kernel's module afresh. One child
+# serves the whole process: its start (importing torch and triton) costs about 4 s on this CPU.
+_worker: subprocess.Popen[str] | None = None
+_worker_lock = threading.Lock()
+
+
+def _compile_in_worker(record: LaunchRecord, signature: dict, constexprs: dict, cc: int) -> int | str:
+    global _worker
+    fn = record.kernel.fn
+    request = {
+        "module": fn.__module__,
+        "name": fn.__name__,
+        "signature": signature,
+        "constexprs": constexprs,
+        "num_warps": record.num_warps,
+        "num_stages": record.num_stages,
+        "cc": cc,
+    }
+    try:
+        line = json.dumps(request)
+    except TypeError:
+        return f"cannot pass the constexprs {constexprs!r} to the compile worker"
+    with _worker_lock:
+        if _worker is None or _worker.poll() is not None:
+            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+            env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+            _worker = subprocess.Popen(
+                [sys.executable, "-c", "from gdn_tune.tables import _serve_compiles; _serve_compiles()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        assert _worker.stdin is not None and _worker.stdout is not None
+        try:
+            _worker.stdin.write(line + "\n")
+            _worker.stdin.flush()
+            reply = _worker.stdout.readline()
+        except OSError as e:
+            return f"compile worker failed: {e}"
+    if not reply:
+        return "the compile worker died"
+    answer = json.loads(reply)
+    return answer["shared"] if answer.get("error") is None else answer["error"]
+
+
+def _serve_compiles() -> None:
+    """The compile worker: one JSON request per line on stdin, one JSON answer per line on stdout."""
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    # Answers go to a private copy of stdout; anything the compiler prints goes to stderr instead.
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            kernel = getattr(importlib.import_module(request["module"]), request["name"])
+            source = ASTSource(kernel, signature=request["signature"], constexprs=request["constexprs"])
+            options = {"num_warps": request["num_warps"], "num_stages": request["num_stages"]}
+            compiled = triton.compile(source, target=GPUTarget("cuda", request["cc"], 32), options=options)
+            answer = {"shared": int(compiled.metadata.shared), "error": None}
+        except Exception as e:
+            answer = {"shared": None, "error": _first_lines(e)}
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
 
 
 def compile_check(spec: KernelSpec, key: Key, config: Config, target: GpuTarget) -> CompileResult:
