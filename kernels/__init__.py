@@ -6,6 +6,7 @@ Imports torch and triton only; serving processes load this module.
 from ._registry import kernel_specs, spec_by_name
 from ._spec import Config, KernelSpec, Key, Workload
 from ._targets import TARGETS, GpuTarget, target_by_name
+from .fused_recurrent import fused_recurrent_gated_delta_rule
 from .gating import fused_gdn_gating
 from .l2norm import l2norm
 
@@ -20,6 +21,7 @@ __all__ = [
     "Workload",
     "__version__",
     "fused_gdn_gating",
+    "fused_recurrent_gated_delta_rule",
     "kernel_specs",
     "l2norm",
     "spec_by_name",

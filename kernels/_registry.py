@@ -8,7 +8,7 @@ from functools import cache
 from ._spec import KernelSpec
 
 # Modules that define `SPECS: tuple[KernelSpec, ...]`, in pipeline order.
-_MODULES = ("gating", "l2norm")
+_MODULES = ("gating", "l2norm", "fused_recurrent")
 
 
 class UnknownKernelError(KeyError):
