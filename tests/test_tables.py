@@ -32,11 +32,12 @@ from gdn_kernels._tables import (
     TableEntry,
     TableError,
     TableWarning,
+    device_folder_name,
     load_table,
     resolution_report,
     resolve_config,
 )
-from gdn_kernels._targets import TARGETS, GpuTarget
+from gdn_kernels._targets import TARGETS, GpuTarget, arch_for_capability
 from gdn_kernels.gating import SPEC as GATING
 from gdn_kernels.gating import fused_gdn_gating, gating_reference
 from gdn_tune.tables import (
@@ -702,3 +703,22 @@ def test_diff_lists_added_removed_changed_and_retimed(tmp_path):
     )
     assert result.problems == ()
     assert diff_tables(tmp_path / "a", tmp_path / "a", specs={"gdn_gating": GATING}).rows == ()
+
+
+@pytest.mark.gpu
+def test_cuda_device_finds_its_arch_and_device_folder(tmp_path, monkeypatch):
+    """On the GPU host: arch from the compute capability, the device folder from the device name."""
+    device = torch.device("cuda")
+    arch = arch_for_capability(torch.cuda.get_device_capability(device))
+    if arch is None:
+        pytest.skip(f"no arch for {torch.cuda.get_device_name(device)}")
+    root = tmp_path / "tables"
+    monkeypatch.setenv(_tables.ENV_CONFIG_DIR, str(root))
+    device_name = torch.cuda.get_device_name(device)
+    key = gating_key(8192, HV=64)
+    write_table(root, arch, GATING, [entry(key, BLOCK=2048, num_warps=8)], MADE_WITH, device_name)
+    write_table(root, arch, GATING, [entry(key, BLOCK=512, num_warps=2)], MADE_WITH)
+    assert run_gating(device, tokens=8000, HV=64) < 1e-5  # bucket T=8192
+    row = report_for(key)
+    assert (row.source, row.config["BLOCK"]) == ("exact", 2048)
+    assert f"{arch}/{device_folder_name(device_name)}/" in row.file
