@@ -8,6 +8,7 @@ from ._spec import Config, KernelSpec, Key, Workload
 from ._targets import TARGETS, GpuTarget, target_by_name
 from .fused_recurrent import fused_recurrent_gated_delta_rule
 from .gating import fused_gdn_gating
+from .gdn_prep import gdn_prefill_prep
 from .l2norm import l2norm
 
 __version__ = "0.1.0"
@@ -22,6 +23,7 @@ __all__ = [
     "__version__",
     "fused_gdn_gating",
     "fused_recurrent_gated_delta_rule",
+    "gdn_prefill_prep",
     "kernel_specs",
     "l2norm",
     "spec_by_name",

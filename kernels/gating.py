@@ -27,6 +27,17 @@ DEFAULT = Config.of(BLOCK=1024, num_warps=4, num_stages=1)
 
 
 @triton.jit
+def gdn_gates(b_a, b_b, b_A_log, b_dt_bias, softplus_beta: tl.constexpr, softplus_threshold: tl.constexpr):
+    """(g, beta) from float32 blocks of the gate projections; shared with the fused prefill prep."""
+    b_x = (b_a + b_dt_bias) * softplus_beta
+    b_log1p = tl.maximum(b_x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(b_x)))
+    b_sp = (
+        tl.where(b_x > softplus_threshold, b_x, tl.where(b_x < -15.0, tl.exp(b_x), b_log1p)) / softplus_beta
+    )
+    return -tl.exp(b_A_log) * b_sp, tl.sigmoid(b_b)
+
+
+@triton.jit
 def _gdn_gating_kernel(
     A_log,
     a,
@@ -47,14 +58,9 @@ def _gdn_gating_kernel(
     b_b = tl.load(b + o_x, mask=m_x, other=0.0).to(tl.float32)
     b_A = tl.load(A_log + i_hv, mask=m_x, other=0.0).to(tl.float32)
     b_dt = tl.load(dt_bias + i_hv, mask=m_x, other=0.0).to(tl.float32)
-
-    b_x = (b_a + b_dt) * softplus_beta
-    b_log1p = tl.maximum(b_x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(b_x)))
-    b_sp = (
-        tl.where(b_x > softplus_threshold, b_x, tl.where(b_x < -15.0, tl.exp(b_x), b_log1p)) / softplus_beta
-    )
-    tl.store(g + o_x, -tl.exp(b_A) * b_sp, mask=m_x)
-    tl.store(beta + o_x, tl.sigmoid(b_b), mask=m_x)
+    b_g, b_beta = gdn_gates(b_a, b_b, b_A, b_dt, softplus_beta, softplus_threshold)
+    tl.store(g + o_x, b_g, mask=m_x)
+    tl.store(beta + o_x, b_beta, mask=m_x)
 
 
 def _key(dtype: torch.dtype | str, HV: int, elements: int) -> Key:
@@ -142,7 +148,7 @@ SPEC = KernelSpec(
     key_fields=("dtype", "HV", "T"),
     space=SPACE,
     default=DEFAULT,
-    jit_functions=(_gdn_gating_kernel,),
+    jit_functions=(_gdn_gating_kernel, gdn_gates),
     key_for=lambda w: _key(w.dtype, w.HV, w.tokens * w.HV),
     make_inputs=_make_inputs,
     make_outputs=_make_outputs,
