@@ -70,3 +70,11 @@ from gdn_tune.cli_tables import check, diff, show  # noqa: E402  (commands defin
 main.add_command(check)
 main.add_command(show)
 main.add_command(diff)
+
+from gdn_tune.cli_sweep import export, report, status, sweep, trials  # noqa: E402  (sweep and its database)
+
+main.add_command(sweep)
+main.add_command(export)
+main.add_command(status)
+main.add_command(trials)
+main.add_command(report)

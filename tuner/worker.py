@@ -1,0 +1,321 @@
+"""GPU workers: one process per GPU, fed one task at a time, replaced when they die or hang.
+
+A kernel that reads out of bounds ends in an illegal-address error that poisons its CUDA context for
+good, or in an abort that ends the process; a bad loop bound hangs the GPU. None of that may end a sweep
+of thousands of trials, so trials run in spawned worker processes and the sweep's process only waits:
+a worker whose process ends mid-trial has its trial recorded as crashed (with the exit code or signal),
+one still busy past the trial timeout is killed and its trial recorded as timed out, and either way a
+fresh worker takes its place. Workers hand results back over a pipe; only the sweep's process writes
+the database, so SQLite never reports "database is locked".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from gdn_kernels import Config, Key
+
+from .compile_pool import child_environment
+from .storage import Measurement, TrialStatus
+
+# A worker imports torch and triton (2 to 4 s) and, on a GPU, creates a CUDA context (~1 s): a worker
+# that is not ready in this long will not be.
+WORKER_START_TIMEOUT_S = 300.0
+# First trial of a problem on a worker includes the float64 reference and the JIT compile of the config
+# for the real GPU (5 to 30 s for the state recurrence); the rest take well under a second.
+DEFAULT_TRIAL_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """Check and time one config."""
+
+    task_id: int
+    kernel: str
+    key: Key
+    config: Config
+    budget_ms: float
+
+
+@dataclass(frozen=True)
+class RetimeTask:
+    """Time several configs interleaved, for the final pick."""
+
+    task_id: int
+    kernel: str
+    key: Key
+    configs: tuple[Config, ...]
+
+
+Task = TrialTask | RetimeTask
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task: Task
+    measurement: Measurement | None = None  # of a TrialTask
+    retimed_ms: tuple[float, ...] | None = None  # of a RetimeTask, in the order of its configs
+    worker_replaced: bool = False  # the worker died or hung on this task
+    worker_exits: bool = False  # the worker ends itself after sending this (its CUDA context is unusable)
+
+
+def _short_traceback(error: BaseException, limit: int = 2000) -> str:
+    text = "".join(traceback.format_exception(error))
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _classify_exception(error: BaseException) -> TrialStatus:
+    # Triton raises OutOfResources when a config needs more shared memory or registers than the GPU
+    # has: a property of the config, like a compile failure, not a crash.
+    return TrialStatus.INFEASIBLE if type(error).__name__ == "OutOfResources" else TrialStatus.CRASHED
+
+
+def _serve(conn: Connection, extra_spec_paths: tuple[str, ...], device_name: str) -> None:
+    """A worker's life: load the specs, say ready, answer tasks until told to stop."""
+    # Ctrl-C goes to the whole process group; the sweep's process decides what stops, not the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    from .measure import ProblemBench, measure_trial
+    from .specs import available_specs
+
+    specs = available_specs(extra_spec_paths)
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.init()
+    conn.send("ready")
+    bench: ProblemBench | None = None
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        try:
+            if bench is None or (bench.spec.name, bench.key) != (task.kernel, task.key):
+                bench = None  # free the previous problem's inputs before allocating the next
+                bench = ProblemBench(specs[task.kernel], task.key, device)
+            if isinstance(task, TrialTask):
+                result = TaskResult(task, measurement=measure_trial(bench, task.config, task.budget_ms))
+            else:
+                result = TaskResult(task, retimed_ms=tuple(bench.retime(task.configs)))
+        except Exception as e:
+            # An illegal address leaves the CUDA context unusable for every later trial: on a GPU the
+            # worker ends after any error, and the pool starts a fresh one.
+            exits = device.type == "cuda"
+            failed = Measurement(_classify_exception(e), error=_short_traceback(e))
+            conn.send(TaskResult(task, measurement=failed, worker_exits=exits))
+            if exits:
+                return
+            continue
+        conn.send(result)
+
+
+@dataclass
+class _Worker:
+    index: int
+    device: str
+    process: Any
+    conn: Connection
+    task: Task | None = None
+    started: float = field(default=0.0)
+
+
+class WorkerStartError(RuntimeError):
+    pass
+
+
+class WorkerPool:
+    """`count` worker processes (one per GPU, or CPU workers under the interpreter)."""
+
+    def __init__(
+        self,
+        count: int,
+        interpret: bool,
+        extra_spec_paths: tuple[str, ...] = (),
+        trial_timeout_s: float = DEFAULT_TRIAL_TIMEOUT_S,
+    ) -> None:
+        if count < 1:
+            raise ValueError(f"workers must be at least 1, got {count}")
+        self.interpret = interpret
+        self.extra_spec_paths = tuple(extra_spec_paths)
+        self.trial_timeout_s = trial_timeout_s
+        self.replaced = 0
+        self._context = get_context("spawn")
+        self._workers: list[_Worker] = []
+        try:
+            pending = [self._spawn(i) for i in range(count)]
+            for worker in pending:
+                self._await_ready(worker)
+                self._workers.append(worker)
+        except BaseException:
+            for worker in pending:
+                worker.process.kill()
+            raise
+
+    def _spawn(self, index: int) -> _Worker:
+        device = "cpu" if self.interpret else "cuda:0"
+        parent_conn, child_conn = self._context.Pipe()
+        process = self._context.Process(
+            target=_serve,
+            args=(child_conn, self.extra_spec_paths, device),
+            name=f"gdn-tune-worker-{index}",
+            daemon=True,
+        )
+        # Each worker sees only its own GPU, as cuda:0; under the interpreter it sees none.
+        with child_environment(
+            TRITON_INTERPRET="1" if self.interpret else None,
+            CUDA_VISIBLE_DEVICES="" if self.interpret else str(index),
+        ):
+            process.start()
+        child_conn.close()
+        return _Worker(index, device, process, parent_conn)
+
+    def _await_ready(self, worker: _Worker) -> None:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if worker.conn.poll(0.1):
+                try:
+                    if worker.conn.recv() == "ready":
+                        return
+                except EOFError:
+                    break
+            if not worker.process.is_alive():
+                break
+        worker.process.kill()
+        worker.process.join()
+        raise WorkerStartError(
+            f"worker {worker.index} did not start (exit code {worker.process.exitcode}); "
+            "its error is printed above"
+        )
+
+    def _replace(self, worker: _Worker) -> None:
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join()
+        worker.conn.close()
+        fresh = self._spawn(worker.index)
+        self._await_ready(fresh)
+        self._workers[self._workers.index(worker)] = fresh
+        self.replaced += 1
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    @property
+    def idle(self) -> int:
+        return sum(w.task is None for w in self._workers)
+
+    @property
+    def busy(self) -> int:
+        return self.size - self.idle
+
+    def submit(self, task: Task) -> None:
+        worker = next((w for w in self._workers if w.task is None), None)
+        if worker is None:
+            raise RuntimeError("no idle worker")
+        worker.task = task
+        worker.started = time.monotonic()
+        worker.conn.send(task)
+
+    def collect(self, timeout_s: float = 1.0) -> list[TaskResult]:
+        """Results that arrived within `timeout_s`, including trials of workers that died or hung."""
+        busy = [w for w in self._workers if w.task is not None]
+        if not busy:
+            return []
+        now = time.monotonic()
+        next_deadline = min(w.started + self.trial_timeout_s for w in busy) - now
+        waitables = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+        ready = set(wait(waitables, timeout=max(0.0, min(timeout_s, next_deadline))))
+        results: list[TaskResult] = []
+        for worker in busy:
+            task = worker.task
+            assert task is not None
+            if worker.conn in ready or worker.process.sentinel in ready:
+                result = self._receive(worker)
+                worker.task = None
+                if result is None:  # the process ended without answering
+                    worker.process.join(timeout=5)
+                    result = TaskResult(task, self._died(worker), worker_replaced=True)
+                    self._replace(worker)
+                elif result.worker_exits:
+                    self._replace(worker)
+                results.append(result)
+            elif time.monotonic() - worker.started > self.trial_timeout_s:
+                timeout = f"worker still busy after {self.trial_timeout_s:g} s; killed"
+                results.append(
+                    TaskResult(task, Measurement(TrialStatus.TIMEOUT, error=timeout), worker_replaced=True)
+                )
+                worker.task = None
+                self._replace(worker)
+        return results
+
+    @staticmethod
+    def _receive(worker: _Worker) -> TaskResult | None:
+        try:
+            return worker.conn.recv() if worker.conn.poll() else None
+        except (EOFError, OSError):
+            return None
+
+    @staticmethod
+    def _died(worker: _Worker) -> Measurement:
+        code = worker.process.exitcode
+        if code is not None and code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        return Measurement(TrialStatus.CRASHED, error=f"worker process {how} during the trial")
+
+    def close(self) -> None:
+        """Stop every worker; a busy one is killed (its trial is simply not recorded)."""
+        for worker in self._workers:
+            if worker.task is None and worker.process.is_alive():
+                with contextlib.suppress(OSError):  # it may have died since
+                    worker.conn.send(None)
+        deadline = time.monotonic() + 5
+        for worker in self._workers:
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self._workers = []
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def default_worker_count(interpret: bool) -> int:
+    """One per GPU; under the interpreter one (the CPU test machines have two cores)."""
+    if interpret:
+        return 1
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+__all__ = [
+    "DEFAULT_TRIAL_TIMEOUT_S",
+    "RetimeTask",
+    "TaskResult",
+    "TrialTask",
+    "WorkerPool",
+    "WorkerStartError",
+    "default_worker_count",
+]
