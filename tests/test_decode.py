@@ -392,3 +392,16 @@ def test_real_decode_shapes_on_gpu(device, N):
     assert relative_error(o, reference["o"]) <= TOLERANCE
     assert relative_error(cache[indices[indices >= 0]], reference["final_state"][indices >= 0]) <= TOLERANCE
     assert_close(run_poisoned({**inputs, "initial_state": before}), reference)  # gathered, not in place
+
+
+@pytest.mark.gpu
+def test_decode_never_synchronises_with_the_host(device):
+    inputs = make_decode_inputs(device, N=8, H=16, HV=64, K=128, V=128, lengths=[1] * 8, slots=17)
+    args = {**inputs, "use_qk_l2norm_in_kernel": True, "inplace_final_state": True}
+    fused_recurrent_gated_delta_rule(**args)  # warm-up: compile and resolve the config
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fused_recurrent_gated_delta_rule(**args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -349,3 +349,18 @@ def test_prep_real_shapes_on_gpu(device, T):
 def test_l2norm_real_shapes_on_gpu(device):
     x = torch.randn(1, 8192, 16, 128, device=device, dtype=torch.bfloat16)
     assert relative_error(l2norm(x), l2norm_reference(x)) <= TOLERANCE_16BIT
+
+
+@pytest.mark.gpu
+def test_prep_and_l2norm_never_synchronise_with_the_host(device):
+    inputs = make_prep_inputs(device, 1000, 16, 64, 128, 128)
+    x = torch.randn(1000, 16, 128, device=device, dtype=torch.bfloat16)
+    gdn_prefill_prep(**inputs)  # warm-up: compile and resolve the configs
+    l2norm(x)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        gdn_prefill_prep(**inputs)
+        l2norm(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
