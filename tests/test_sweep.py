@@ -1,0 +1,395 @@
+"""The sweep end to end on the CPU (Triton interpreter): trials and winners stored, export byte-identical
+and accepted by `gdn-tune check`, resume after SIGKILL and Ctrl-C without duplicates, injected faults
+recorded with the right status and never exported, GPU/target matching, TPE through the database.
+
+Every sweep here runs real worker and compile processes; shapes are the smoke preset's, so the whole
+file takes about two minutes on two cores.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _fake_kernels as fake
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gdn_kernels import Config, kernel_specs, target_by_name
+from gdn_kernels._tables import TableEntry
+from gdn_tune.cli import main
+from gdn_tune.cli_sweep import parse_duration, parse_shape
+from gdn_tune.measure import ProblemBench, measure_trial
+from gdn_tune.presets import preset_by_name
+from gdn_tune.results import TRIAL_COLUMNS
+from gdn_tune.storage import TrialStatus
+from gdn_tune.sweep import GpuMismatchError, resolve_target, run_sweep
+from gdn_tune.tables import write_table
+
+GATING = kernel_specs()["gdn_gating"]
+SMOKE_KEYS = sorted({GATING.key_for(w) for w in preset_by_name("smoke").workloads}, key=lambda k: k["T"])
+GATING_TRIALS = sum(len(GATING.space.candidates(k)) for k in SMOKE_KEYS)  # the default is a candidate
+FAKE_SPECS = "_fake_kernels:SPECS"
+
+
+def _sweep_args(db: str, *extra: str) -> list[str]:
+    return ["sweep", "--gpu", "h200", "--interpret", "--preset", "smoke", "--db", db, *extra]
+
+
+def _invoke(args: list[str]):
+    result = CliRunner().invoke(main, args)
+    return result
+
+
+def _sweep_json(db: str, *extra: str) -> dict:
+    result = _invoke([*_sweep_args(db, *extra), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout[result.stdout.index("{") :])
+
+
+def _rows(db_path: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(db_path) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def _trial_count(db_path: Path) -> int:
+    """Trials so far; 0 while the sweep has not created its tables yet."""
+    try:
+        return _rows(db_path, "SELECT COUNT(*) FROM tune_trials")[0][0] if db_path.exists() else 0
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _trials_by_problem(db_path: Path) -> dict[str, dict[str, tuple]]:
+    """{key JSON: {config JSON: (status, median_ms, retimed_ms, rel_error)}}"""
+    found: dict[str, dict[str, tuple]] = {}
+    sql = (
+        "SELECT p.key_json, t.config_json, t.status, t.median_ms, t.retimed_ms, t.rel_error "
+        "FROM tune_trials t JOIN tune_problems p ON p.id = t.problem_id"
+    )
+    for key, config, *rest in _rows(db_path, sql):
+        found.setdefault(key, {})[config] = tuple(rest)
+    return found
+
+
+@pytest.fixture(scope="module")
+def smoke_db(tmp_path_factory) -> tuple[Path, str, dict]:
+    """One grid sweep of gdn_gating over the smoke preset, through the CLI."""
+    path = tmp_path_factory.mktemp("smoke") / "sweep.db"
+    url = f"sqlite:///{path}"
+    return path, url, _sweep_json(url, "--kernels", "gdn_gating")
+
+
+def test_smoke_sweep_measures_every_candidate_and_picks_a_correct_winner(smoke_db):
+    path, _, summary = smoke_db
+    assert summary["status"] == "finished" and not summary["resumed"]
+    assert summary["problems"] == summary["winners"] == len(SMOKE_KEYS) == 2
+    assert summary["trials_this_run"] == {"ok": GATING_TRIALS}
+    trials = _trials_by_problem(path)
+    assert len(trials) == 2 and sum(map(len, trials.values())) == GATING_TRIALS
+    for by_config in trials.values():
+        assert all(
+            status == "ok" and median > 0 and rel_error <= GATING.tolerance
+            for status, median, _, rel_error in by_config.values()
+        )
+        retimed = {c for c, (_, _, r, _) in by_config.items() if r is not None}
+        assert 3 <= len(retimed) <= 4  # top 3, plus the default when it is not among them
+    winners = _rows(
+        path,
+        "SELECT p.key_json, t.config_json, w.time_ms, w.default_time_ms, p.default_config_json "
+        "FROM tune_winners w JOIN tune_trials t ON t.id = w.trial_id JOIN tune_problems p ON p.id = w.problem_id",
+    )
+    assert len(winners) == 2
+    for key, config, time_ms, default_ms, default_config in winners:
+        by_config = trials[key]
+        top3 = sorted(by_config, key=lambda c: by_config[c][1])[:3]
+        # The winner is the fastest of the top 3 by the interleaved re-timing, and its time is that one.
+        assert config == min(top3, key=lambda c: by_config[c][2])
+        assert time_ms == by_config[config][2]
+        assert default_ms == by_config[default_config][2]  # the default re-timed beside them
+        assert json.loads(default_config) == GATING.default.as_dict()
+
+
+def test_the_same_command_again_measures_nothing(smoke_db):
+    path, url, _ = smoke_db
+    before = _rows(path, "SELECT COUNT(*), MAX(id) FROM tune_trials")
+    again = _sweep_json(url, "--kernels", "gdn_gating")
+    assert again["resumed"] and again["status"] == "finished"
+    assert again["trials_this_run"] == {} and again["skipped_already_done"] == GATING_TRIALS
+    assert again["compile_jobs"] == 0 and again["winners"] == 2
+    assert _rows(path, "SELECT COUNT(*), MAX(id) FROM tune_trials") == before
+    assert _rows(path, "SELECT COUNT(*) FROM tune_sweeps") == [(1,)]
+
+
+def test_export_is_byte_identical_twice_merges_and_passes_check(smoke_db, tmp_path):
+    _, url, _ = smoke_db
+    out = tmp_path / "tables"
+    # An entry for a key this sweep did not touch must survive the export.
+    kept = TableEntry(GATING.key(dtype="bfloat16", HV=64, T=8192), GATING.default, 0.02, 0.02)
+    made_with = {
+        "gpu": "NVIDIA H200",
+        "compute_capability": "9.0",
+        "triton": "3.6.0",
+        "torch": "2.13.0",
+        "cuda": "12.8",
+        "kernel_hash": GATING.source_hash(),
+        "date": "2026-01-31",
+    }
+    table = write_table(out, "sm90", GATING, [kept], made_with)
+
+    dry = _invoke(["export", "--gpu", "h200", "--db", url, "--out", str(out), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "+    {" in dry.output and "would write" in dry.output
+    assert [e["key"]["T"] for e in json.loads(table.read_text())["entries"]] == [8192]  # dry: untouched
+
+    first = _invoke(["export", "--gpu", "h200", "--db", url, "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    first_bytes = table.read_bytes()
+    second = _invoke(["export", "--gpu", "h200", "--db", url, "--out", str(out)])
+    assert second.exit_code == 0 and "unchanged" in second.output, second.output
+    assert table.read_bytes() == first_bytes
+
+    data = json.loads(first_bytes)
+    assert sorted(e["key"]["T"] for e in data["entries"]) == sorted([8192, *(k["T"] for k in SMOKE_KEYS)])
+    assert data["made_with"]["gpu"] == "TRITON_INTERPRET CPU" and data["made_with"]["interpret"] is True
+    check = _invoke(["check", "--config-dir", str(out), "--strict"])
+    assert check.exit_code == 0, check.output
+
+
+def test_status_report_and_parquet_read_the_database(smoke_db, tmp_path):
+    _, url, _ = smoke_db
+    status = _invoke(["status", "--db", url, "--json"])
+    assert status.exit_code == 0, status.output
+    (row,) = json.loads(status.output)
+    assert (row["status"], row["problems"], row["problems_with_winner"]) == ("finished", 2, 2)
+    assert row["trials"] == {"ok": GATING_TRIALS}
+
+    report = _invoke(["report", "--db", url, "--json"])
+    assert report.exit_code == 0, report.output
+    rows = json.loads(report.output)
+    assert len(rows) == 2 and all(
+        r["speedup"] == pytest.approx(r["default_time_ms"] / r["time_ms"]) for r in rows
+    )
+    png = _invoke(["report", "--db", url, "--png", str(tmp_path / "r.png")])
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert png.exit_code != 0 and "matplotlib" in png.output
+    else:
+        assert png.exit_code == 0 and (tmp_path / "r.png").stat().st_size > 0
+
+    parquet = tmp_path / "trials.parquet"
+    written = _invoke(["trials", "--parquet", str(parquet), "--db", url])
+    assert written.exit_code == 0, written.output
+    table = pq.read_table(parquet)
+    assert table.column_names == list(TRIAL_COLUMNS) and table.num_rows == GATING_TRIALS
+    assert sum(table.column("is_winner").to_pylist()) == 2
+
+
+def test_sigkill_part_way_then_the_same_command_completes_without_duplicates(tmp_path):
+    db_path = tmp_path / "killed.db"
+    url = f"sqlite:///{db_path}"
+    command = [
+        sys.executable,
+        "-c",
+        "from gdn_tune.cli import main; main()",
+        *_sweep_args(url, "--kernels", "gdn_gating"),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if _trial_count(db_path) >= 5:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the sweep ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        # Its workers notice the closed pipe and exit; the group kill only sweeps up stragglers.
+        time.sleep(0.5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    done_before = _rows(db_path, "SELECT COUNT(*) FROM tune_trials")[0][0]
+    assert 5 <= done_before < GATING_TRIALS
+    assert _rows(db_path, "SELECT status FROM tune_sweeps") == [("running",)]  # no chance to close it
+
+    resumed = _sweep_json(url, "--kernels", "gdn_gating")
+    assert resumed["resumed"] and resumed["status"] == "finished" and resumed["winners"] == 2
+    assert resumed["skipped_already_done"] == done_before
+    assert sum(resumed["trials_this_run"].values()) == GATING_TRIALS - done_before
+    assert _rows(db_path, "SELECT COUNT(*), COUNT(DISTINCT problem_id || config_json) FROM tune_trials") == [
+        (GATING_TRIALS, GATING_TRIALS)
+    ]
+
+
+def test_ctrl_c_keeps_finished_trials_and_the_next_run_completes(tmp_path):
+    url = f"sqlite:///{tmp_path / 'interrupted.db'}"
+
+    def interrupt_after_three(progress):
+        if progress.phase == "measure" and progress.done >= 3:
+            raise KeyboardInterrupt
+
+    stopped = run_sweep(
+        "h200",
+        preset="smoke",
+        kernels=["gdn_gating"],
+        interpret=True,
+        db_url=url,
+        progress=interrupt_after_three,
+    )
+    assert (stopped.status, stopped.stopped) == ("interrupted", "interrupted")
+    assert stopped.trials_total == {"ok": 3}
+    finished = run_sweep("h200", preset="smoke", kernels=["gdn_gating"], interpret=True, db_url=url)
+    assert finished.resumed and finished.status == "finished"
+    assert finished.trials_total == {"ok": GATING_TRIALS} and finished.winners == 2
+
+
+def test_injected_faults_are_recorded_with_their_status_and_never_exported(tmp_path):
+    db_path = tmp_path / "faults.db"
+    url = f"sqlite:///{db_path}"
+    summary = _sweep_json(
+        url, "--kernels", "fake_faults", "--extra-specs", FAKE_SPECS, "--trial-timeout", "10"
+    )
+    assert summary["status"] == "finished" and summary["winners"] == 1
+    assert summary["workers_replaced"] == 2  # the aborted one and the hung one
+    statuses = {
+        json.loads(c)["BLOCK"]: s for c, s in _rows(db_path, "SELECT config_json, status FROM tune_trials")
+    }
+    assert statuses == fake.EXPECTED_STATUS
+    errors = dict(_rows(db_path, "SELECT status, error FROM tune_trials WHERE status != 'ok'"))
+    assert "SIGABRT" in errors["crashed"] and "after 10 s" in errors["timeout"]
+
+    out = tmp_path / "tables"
+    exported = _invoke(
+        ["export", "--gpu", "h200", "--db", url, "--out", str(out), "--extra-specs", FAKE_SPECS]
+    )
+    assert exported.exit_code == 0, exported.output
+    (entry,) = json.loads((out / "sm90" / "fake_faults.json").read_text())["entries"]
+    assert entry["config"]["BLOCK"] in fake.GOOD
+
+
+def test_tpe_sweep_keeps_its_budget_and_its_study_in_the_database(tmp_path):
+    db_path = tmp_path / "tpe.db"
+    url = f"sqlite:///{db_path}"
+    summary = _sweep_json(url, "--kernels", "gdn_gating", "--strategy", "tpe", "--trials", "5")
+    assert summary["status"] == "finished" and summary["winners"] == 2
+    per_problem = _rows(db_path, "SELECT problem_id, COUNT(*) FROM tune_trials GROUP BY problem_id")
+    assert [count for _, count in per_problem] == [5, 5]  # the default counts toward the budget
+    studies = [name for (name,) in _rows(db_path, "SELECT study_name FROM studies")]
+    assert len(studies) == 2 and all(name.startswith("gdn-tune/sweep1/gdn_gating/") for name in studies)
+    # A larger budget continues the same sweep and study; nothing is measured twice.
+    more = _sweep_json(url, "--kernels", "gdn_gating", "--strategy", "tpe", "--trials", "7")
+    assert more["resumed"] and sum(more["trials_this_run"].values()) == 4
+    assert _rows(db_path, "SELECT COUNT(*) FROM studies") == [(2,)]
+
+
+def test_a_budget_stops_the_sweep_as_interrupted(tmp_path):
+    summary = run_sweep(
+        "h200",
+        preset="smoke",
+        kernels=["fake_faults"],
+        extra_specs=[FAKE_SPECS],
+        interpret=True,
+        db_url=f"sqlite:///{tmp_path / 'budget.db'}",
+        budget_s=0.001,
+    )
+    assert (summary.status, summary.stopped, summary.winners) == ("interrupted", "budget", 0)
+    assert summary.trials_total == {"infeasible": 1}  # compiling is done; nothing was launched
+
+
+@pytest.fixture
+def present(monkeypatch):
+    def set_present(found):
+        monkeypatch.setattr("gdn_tune.sweep.present_gpu", lambda: found)
+
+    return set_present
+
+
+def test_gpu_must_match_the_present_one(present):
+    present(("NVIDIA H100 80GB HBM3", (9, 0)))
+    with pytest.raises(
+        GpuMismatchError, match=r"found NVIDIA H100 80GB HBM3 \(compute capability 9\.0\).*--gpu h100"
+    ):
+        resolve_target("h200", interpret=False)
+    assert resolve_target("auto", interpret=False)[0].name == "h100"
+    assert resolve_target("h100", interpret=False) == (target_by_name("h100"), "NVIDIA H100 80GB HBM3")
+    present(("NVIDIA GeForce RTX 4090", (8, 9)))
+    with pytest.raises(GpuMismatchError, match="matches none of the known targets"):
+        resolve_target("h200", interpret=False)
+    present(None)
+    with pytest.raises(GpuMismatchError, match=r"no CUDA GPU found.*--interpret"):
+        resolve_target("h200", interpret=False)
+    with pytest.raises(GpuMismatchError, match="--gpu auto: no CUDA GPU found"):
+        resolve_target("auto", interpret=True)
+    assert resolve_target("h200", interpret=True)[0].name == "h200"  # the interpreter needs no GPU
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_cli_refuses_a_gpu_sweep_without_a_gpu(tmp_path):
+    result = _invoke(
+        ["sweep", "--gpu", "h200", "--preset", "smoke", "--db", f"sqlite:///{tmp_path / 'x.db'}"]
+    )
+    assert result.exit_code == 1 and "no CUDA GPU found" in result.output
+    assert not (tmp_path / "x.db").exists()  # refused before touching the database
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--strategy", "grid", "--trials", "5"], "--trials sets the TPE budget"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--kernels", "nope"], "unknown kernel(s) nope"),
+        (["--budget", "soon"], "not a duration: 'soon'"),
+        (["--workers", "two"], "--workers must be a positive number or auto"),
+        (["--shape", "H=16,HV=32"], "missing K, V, T"),
+    ],
+    ids=["trials-with-grid", "unknown-preset", "unknown-kernel", "bad-budget", "bad-workers", "short-shape"],
+)
+def test_bad_sweep_arguments_are_clear_errors(tmp_path, args, message):
+    result = _invoke(
+        ["sweep", "--gpu", "h200", "--interpret", "--db", f"sqlite:///{tmp_path / 'x.db'}", *args]
+    )
+    assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_duration_and_shape_parsing():
+    assert [parse_duration(t) for t in ("90", "90s", "20m", "1h30m", "1.5h")] == [90, 90, 1200, 5400, 5400]
+    shape = parse_shape("H=2,HV=8,K=128,V=128,T=512,N=512,phase=decode")
+    assert (shape.H, shape.HV, shape.tokens, shape.sequences, shape.phase, shape.dtype) == (
+        2,
+        8,
+        512,
+        512,
+        "decode",
+        "bfloat16",
+    )
+    with pytest.raises(ValueError, match="HV a multiple of H"):
+        parse_shape("H=3,HV=8,K=128,V=128,T=64")
+
+
+def test_measure_catches_an_unwritten_element_and_reports_times(device):
+    key = fake.SPEC.key(T=100)
+    bench = ProblemBench(fake.SPEC, key, device)
+    ok = measure_trial(bench, Config.of(BLOCK=256, num_warps=1, num_stages=1))
+    assert ok.status == TrialStatus.OK and 0 < ok.min_ms <= ok.median_ms <= ok.max_ms and ok.rel_error < 1e-6
+
+    def skip_last(inputs, outputs, config):
+        outputs["y"][:-1] = 2 * inputs["x"][:-1]  # the last element keeps its poison
+
+    lazy = ProblemBench(
+        fake.SPEC.__class__(**{**fake.SPEC.__dict__, "launch": skip_last, "_hash": []}), key, device
+    )
+    wrong = measure_trial(lazy, fake.SPEC.default)
+    assert (
+        wrong.status == TrialStatus.WRONG and "relative error inf" in wrong.error and wrong.median_ms is None
+    )
