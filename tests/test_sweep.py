@@ -22,7 +22,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from gdn_kernels import Config, kernel_specs, target_by_name
+from gdn_kernels import Config, Workload, kernel_specs, target_by_name
 from gdn_kernels._tables import TableEntry
 from gdn_tune.cli import main
 from gdn_tune.cli_sweep import parse_duration, parse_shape
@@ -254,12 +254,19 @@ def test_ctrl_c_keeps_finished_trials_and_the_next_run_completes(tmp_path):
     assert finished.trials_total == {"ok": GATING_TRIALS} and finished.winners == 2
 
 
-def test_injected_faults_are_recorded_with_their_status_and_never_exported(tmp_path):
+@pytest.mark.parametrize(
+    "interpret", [True, pytest.param(False, marks=pytest.mark.gpu)], ids=["interpret", "gpu"]
+)
+def test_injected_faults_are_recorded_with_their_status_and_never_exported(tmp_path, interpret):
     db_path = tmp_path / "faults.db"
     url = f"sqlite:///{db_path}"
-    summary = _sweep_json(
-        url, "--kernels", "fake_faults", "--extra-specs", FAKE_SPECS, "--trial-timeout", "10"
+    args = ["sweep", "--gpu", "auto" if not interpret else "h200", "--preset", "smoke", "--db", url]
+    args += ["--interpret"] if interpret else []
+    result = _invoke(
+        [*args, "--kernels", "fake_faults", "--extra-specs", FAKE_SPECS, "--trial-timeout", "10", "--json"]
     )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
     assert summary["status"] == "finished" and summary["winners"] == 1
     assert summary["workers_replaced"] == 2  # the aborted one and the hung one
     statuses = {
@@ -270,11 +277,12 @@ def test_injected_faults_are_recorded_with_their_status_and_never_exported(tmp_p
     assert "SIGABRT" in errors["crashed"] and "after 10 s" in errors["timeout"]
 
     out = tmp_path / "tables"
+    target = summary["target"]
     exported = _invoke(
-        ["export", "--gpu", "h200", "--db", url, "--out", str(out), "--extra-specs", FAKE_SPECS]
+        ["export", "--gpu", target, "--db", url, "--out", str(out), "--extra-specs", FAKE_SPECS]
     )
     assert exported.exit_code == 0, exported.output
-    (entry,) = json.loads((out / "sm90" / "fake_faults.json").read_text())["entries"]
+    (entry,) = json.loads(next(out.glob("*/fake_faults.json")).read_text())["entries"]
     assert entry["config"]["BLOCK"] in fake.GOOD
 
 
@@ -393,3 +401,34 @@ def test_measure_catches_an_unwritten_element_and_reports_times(device):
     assert (
         wrong.status == TrialStatus.WRONG and "relative error inf" in wrong.error and wrong.median_ms is None
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# On the GPU host (skipped here): the same pipeline with CUDA graphs and events on real shapes.
+
+
+@pytest.mark.gpu
+def test_gpu_sweep_of_real_shapes_times_with_graphs_and_picks_correct_winners(tmp_path):
+    url = f"sqlite:///{tmp_path / 'gpu.db'}"
+    workloads = [Workload(16, 64, 128, 128, tokens=8192), Workload(2, 8, 128, 128, tokens=8192)]
+    summary = run_sweep("auto", workloads=workloads, kernels=["gdn_gating"], db_url=url)
+    print(json.dumps(summary.as_dict(), indent=2))  # trials per minute, compile vs measure time
+    assert summary.status == "finished" and summary.winners == summary.problems == 2
+    candidates = sum(len(GATING.space.candidates(GATING.key_for(w))) for w in workloads)
+    assert summary.trials_total == {"ok": candidates}
+    rows = _rows(
+        tmp_path / "gpu.db",
+        "SELECT t.repetitions, t.median_ms, t.min_ms, t.max_ms, t.retimed_ms, w.default_time_ms "
+        "FROM tune_winners w JOIN tune_trials t ON t.id = w.trial_id",
+    )
+    for repetitions, median, low, high, retimed, default_ms in rows:
+        assert repetitions >= 10 and 0 < low <= median <= high
+        assert retimed is not None and default_ms is not None
+
+
+@pytest.mark.gpu
+def test_gpu_sweep_refuses_another_target():
+    found = resolve_target("auto", interpret=False)[0]
+    other = next(name for name in ("b200", "a100") if name != found.name)
+    with pytest.raises(GpuMismatchError, match=f"--gpu {found.name}"):
+        run_sweep(other, preset="smoke", kernels=["gdn_gating"], db_url="sqlite://")
