@@ -123,3 +123,10 @@ def test_an_unusable_url_is_a_storage_error_naming_it(tmp_path):
     missing_dir = tmp_path / "missing" / "sweep.db"
     with pytest.raises(StorageError, match=r"missing/sweep\.db: create the tables failed"):
         Storage(f"sqlite:///{missing_dir}")
+
+
+def test_read_commands_refuse_a_missing_sqlite_file_instead_of_creating_one(tmp_path):
+    missing = tmp_path / "typo.db"
+    with pytest.raises(StorageError, match=r"no database there"):
+        Storage(f"sqlite:///{missing}", must_exist=True)
+    assert not missing.exists()

@@ -26,10 +26,11 @@ from gdn_kernels import Config, Workload, kernel_specs, target_by_name
 from gdn_kernels._tables import TableEntry
 from gdn_tune.cli import main
 from gdn_tune.cli_sweep import parse_duration, parse_shape
+from gdn_tune.export import export_tables
 from gdn_tune.measure import ProblemBench, measure_trial
 from gdn_tune.presets import preset_by_name
 from gdn_tune.results import TRIAL_COLUMNS
-from gdn_tune.storage import TrialStatus
+from gdn_tune.storage import Measurement, Storage, SweepStatus, TrialStatus
 from gdn_tune.sweep import GpuMismatchError, resolve_target, run_sweep
 from gdn_tune.tables import write_table
 
@@ -161,6 +162,39 @@ def test_export_is_byte_identical_twice_merges_and_passes_check(smoke_db, tmp_pa
     assert data["made_with"]["gpu"] == "TRITON_INTERPRET CPU" and data["made_with"]["interpret"] is True
     check = _invoke(["check", "--config-dir", str(out), "--strict"])
     assert check.exit_code == 0, check.output
+
+
+def _fake_sweep(storage: Storage, fingerprint: str, interpret: bool, kernel_hash: str, block: int) -> None:
+    """A finished sweep of gdn_gating with one winner, written straight into the database."""
+    sweep, _ = storage.open_sweep(
+        fingerprint,
+        target="h200",
+        gpu_name="TRITON_INTERPRET CPU" if interpret else "NVIDIA H200",
+        compute_capability="9.0",
+        triton_version="3.6.0",
+        torch_version="2.13.0",
+        cuda_version=None if interpret else "12.8",
+        interpret=interpret,
+        strategy="grid",
+        command="test",
+    )
+    problem = storage.ensure_problem(sweep.id, "gdn_gating", SMOKE_KEYS[0], kernel_hash, GATING.default)
+    config = Config.of(BLOCK=block, num_warps=4, num_stages=1)
+    trial = storage.record_trial(problem.id, config, Measurement(TrialStatus.OK, median_ms=0.01))
+    storage.set_winner(problem.id, trial.id, 0.01, 0.02)
+    storage.close_sweep(sweep.id, SweepStatus.FINISHED)
+
+
+def test_export_prefers_gpu_sweeps_and_skips_winners_of_another_kernel_version(tmp_path):
+    url = f"sqlite:///{tmp_path / 'mixed.db'}"
+    storage = Storage(url)
+    _fake_sweep(storage, "a", interpret=False, kernel_hash=GATING.source_hash(), block=2048)
+    _fake_sweep(storage, "b", interpret=True, kernel_hash=GATING.source_hash(), block=256)  # later
+    _fake_sweep(storage, "c", interpret=False, kernel_hash="0123456789abcdef", block=512)  # stale
+    result = export_tables(url, target_by_name("h200"), tmp_path / "out")
+    (entry,) = json.loads((tmp_path / "out" / "sm90" / "gdn_gating.json").read_text())["entries"]
+    assert entry["config"]["BLOCK"] == 2048
+    assert len(result.skipped) == 1 and "0123456789abcdef" in result.skipped[0]
 
 
 def test_status_report_and_parquet_read_the_database(smoke_db, tmp_path):

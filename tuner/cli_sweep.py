@@ -283,7 +283,7 @@ def status(db_url: str, as_json: bool) -> None:
     from .results import sweep_rows
 
     try:
-        rows = sweep_rows(Storage(db_url))
+        rows = sweep_rows(Storage(db_url, must_exist=True))
     except StorageError as e:
         raise click.ClickException(str(e)) from e
     if as_json:
@@ -318,7 +318,7 @@ def trials(path: str, sweep_id: int | None, db_url: str) -> None:
     from .results import write_trials_parquet
 
     try:
-        count = write_trials_parquet(Storage(db_url), path, sweep_id)
+        count = write_trials_parquet(Storage(db_url, must_exist=True), path, sweep_id)
     except StorageError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"wrote {count} trials to {path}")
@@ -338,7 +338,7 @@ def report(target: Any, db_url: str, png: str | None, as_json: bool) -> None:
     from .results import config_text, winners
 
     try:
-        rows = winners(Storage(db_url), target.name if target else None)
+        rows = winners(Storage(db_url, must_exist=True), target.name if target else None)
     except StorageError as e:
         raise click.ClickException(str(e)) from e
     latest = {}

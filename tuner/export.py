@@ -1,7 +1,7 @@
 """Export: the winners of a target's sweeps become its tables, merged into what is already there.
 
 For each kernel, the winners of every sweep of the target are gathered; where two sweeps solved the
-same key, the later sweep's winner is kept. Winners found for another version of a kernel (its hash
+same key, the later sweep's winner is kept, and a GPU sweep's always beats an interpreter sweep's. Winners found for another version of a kernel (its hash
 differs from today's) are left out and reported: their configs were chosen for code that no longer
 exists. The tables are written with `gdn_tune.tables.merge_into_table`: swept keys replaced, other keys
 kept, deterministic bytes, atomic replace. `made_with` comes from the database (the latest contributing
@@ -68,7 +68,9 @@ def _entries_by_kernel(
     rows: Sequence[WinnerRow], specs: Mapping[str, KernelSpec], result: ExportResult
 ) -> dict[str, tuple[list[TableEntry], list[WinnerRow]]]:
     by_kernel: dict[str, dict[Any, WinnerRow]] = {}
-    for row in rows:  # oldest sweep first: a later sweep's winner replaces an earlier one
+    # Later rows replace earlier ones: a later sweep's winner replaces an earlier one, and a GPU
+    # sweep's winner always replaces an interpreter sweep's (whose times are CPU wall clock).
+    for row in sorted(rows, key=lambda r: (not r.interpret, r.sweep_id)):
         spec = specs.get(row.kernel)
         if spec is None:
             result.skipped.append(f"{row.kernel} {row.key.label}: no such kernel any more")
@@ -99,7 +101,7 @@ def export_tables(
 ) -> ExportResult:
     """Write `target`'s tables under `out_dir` from the winners in `db_url`; `dry_run` only computes the
     diff. `per_device` writes into the GPU's own folder (`sm90/NVIDIA_H200/`) instead of the arch's."""
-    storage = Storage(db_url)
+    storage = Storage(db_url, must_exist=True)
     try:
         rows = winners(storage, target.name)
     finally:

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -242,12 +243,18 @@ def _create_engine(url: str) -> Engine:
 class Storage:
     """A database of sweeps. `url` is any SQLAlchemy URL; tables are created on first use."""
 
-    def __init__(self, url: str = DEFAULT_DB_URL) -> None:
+    def __init__(self, url: str = DEFAULT_DB_URL, must_exist: bool = False) -> None:
+        """`must_exist`: for commands that only read, a SQLite file that is not there is an error
+        (instead of a new empty database made by a typo in the path)."""
         self.url = url
         try:
             self.engine = _create_engine(url)
         except (ArgumentError, SQLAlchemyError, ValueError) as e:
             raise StorageError(f"{url}: cannot open the database: {e}") from e
+        database = self.engine.url.database
+        is_file = self.engine.url.get_backend_name() == "sqlite" and database not in (None, "", ":memory:")
+        if must_exist and is_file and not Path(database).exists():
+            raise StorageError(f"{url}: no database there (no file {database})")
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         with self.session("create the tables") as session:
             BaseModel.metadata.create_all(session.connection())

@@ -189,11 +189,17 @@ def plan_problems(specs: Sequence[KernelSpec], workloads: Sequence[Workload]) ->
     return plans
 
 
-def sweep_fingerprint(target: GpuTarget, interpret: bool, strategy: str, plans: Sequence[_Plan]) -> str:
-    """What makes two sweep commands the same work. Strategy options (a larger --trials) and the
-    budget are left out on purpose: re-running with more of either continues the same sweep."""
+def sweep_fingerprint(
+    target: GpuTarget, gpu_name: str, interpret: bool, strategy: str, plans: Sequence[_Plan]
+) -> str:
+    """What makes two sweep commands the same work: target and GPU, the Triton and CUDA that compile
+    the kernels, the kernels (by source hash) and keys, the strategy. Strategy options (a larger
+    --trials) and the budget are left out on purpose: re-running with more of either continues the
+    same sweep."""
     problems = sorted((p.spec.name, p.spec.source_hash(), key_to_json(p.key)) for p in plans)
-    text = json.dumps([target.name, interpret, strategy, problems], separators=(",", ":"))
+    versions = _versions()
+    stack = [gpu_name, versions["triton_version"], versions["cuda_version"]]
+    text = json.dumps([target.name, *stack, interpret, strategy, problems], separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -484,7 +490,7 @@ def run_sweep(
 
     storage = Storage(db_url)
     sweep, resumed = storage.open_sweep(
-        sweep_fingerprint(gpu_target, interpret, strategy, plans),
+        sweep_fingerprint(gpu_target, gpu_name, interpret, strategy, plans),
         target=gpu_target.name,
         gpu_name=gpu_name,
         compute_capability=f"{gpu_target.capability[0]}.{gpu_target.capability[1]}",

@@ -12,6 +12,7 @@ the database, so SQLite never reports "database is locked".
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 import traceback
@@ -171,10 +172,13 @@ class WorkerPool:
             name=f"gdn-tune-worker-{index}",
             daemon=True,
         )
-        # Each worker sees only its own GPU, as cuda:0; under the interpreter it sees none.
+        # Each worker sees only its own GPU, as cuda:0 (the index-th of those this process may use);
+        # under the interpreter it sees none.
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        gpu = visible[index] if index < len(visible) else str(index)
         with child_environment(
             TRITON_INTERPRET="1" if self.interpret else None,
-            CUDA_VISIBLE_DEVICES="" if self.interpret else str(index),
+            CUDA_VISIBLE_DEVICES="" if self.interpret else gpu,
         ):
             process.start()
         child_conn.close()
