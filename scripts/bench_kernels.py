@@ -121,6 +121,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--no-fla", action="store_true", help="time gdn_kernels alone")
+    parser.add_argument("--only", choices=("prefill", "decode", "stages"), help="run one section")
     args = parser.parse_args()
 
     import gdn_kernels as ours
@@ -137,9 +138,10 @@ def main() -> int:
     bandwidth = copy_bandwidth()
     results["copy_bandwidth_TBps"] = bandwidth / 1e12
 
+    sections = {args.only} if args.only else {"prefill", "decode", "stages"}
     with torch.inference_mode():
         prefill = []
-        for name, H, HV, lengths in PREFILL_CASES:
+        for name, H, HV, lengths in PREFILL_CASES if "prefill" in sections else ():
             x = prefill_inputs(H, HV, lengths)
             row = {
                 "case": name,
@@ -156,7 +158,7 @@ def main() -> int:
         results["prefill"] = prefill
 
         decode = []
-        for N, H, HV in DECODE_CASES:
+        for N, H, HV in DECODE_CASES if "decode" in sections else ():
             x = decode_inputs(N, H, HV)
             state_bytes = 2 * N * HV * K * V * 4
             row = {
@@ -183,7 +185,7 @@ def main() -> int:
             decode.append(row)
             print(row, flush=True)
         results["decode"] = decode
-        results["stages"] = bench_stage_kernels(args.reps)
+        results["stages"] = bench_stage_kernels(args.reps) if "stages" in sections else []
 
     if args.out:
         with open(args.out, "w") as f:
@@ -201,7 +203,7 @@ def main() -> int:
         print(
             f"{r['case']:<12} {r['ours_ms']:>9.3f} {fla_ms:>9.3f} {ratios[-1]:>9.2f} {r.get('o_vs_fla', math.nan):>9.1e}"
         )
-    if fla is not None:
+    if fla is not None and ratios:
         print(f"geometric mean FLA/ours: {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}")
     print(
         f"\n{'decode case':<12} {'ours eager':>10} {'FLA eager':>10} {'ours graph':>10} {'FLA graph':>10} "
