@@ -130,7 +130,9 @@ class _ProgressLine:
 @click.option(
     "--gpu", "gpu", required=True, help="Target to tune (gdn-tune targets), or 'auto' for the GPU present."
 )
-@click.option("--preset", help="Shapes of a preset (default: 'default', every model). See presets.py.")
+@click.option(
+    "--preset", help="Shapes of a preset (default: 'default', every model; 'smoke' under --interpret)."
+)
 @click.option(
     "--shape",
     "shapes",

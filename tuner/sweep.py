@@ -455,7 +455,8 @@ def run_sweep(
     command: str = "",
     compile_processes: int | None = None,
 ) -> SweepSummary:
-    """Sweep `kernels` (default: all) over `workloads` or a preset (default "default") for `target`.
+    """Sweep `kernels` (default: all) over `workloads` or a preset (default "default", under the
+    interpreter "smoke") for `target`.
 
     `trials` is the TPE budget per problem (an error with the grid, which measures every candidate);
     `budget_s` stops asking for new trials once that much wall time has passed (the sweep is then
@@ -466,7 +467,11 @@ def run_sweep(
     started = time.monotonic()
     if workloads is not None and preset is not None:
         raise ValueError("give either workloads or a preset, not both")
-    workloads = tuple(workloads) if workloads is not None else preset_by_name(preset or "default").workloads
+    # The interpreter runs a real-size shape for minutes per trial: its default is the smoke preset.
+    default_preset = "smoke" if interpret else "default"
+    workloads = (
+        tuple(workloads) if workloads is not None else preset_by_name(preset or default_preset).workloads
+    )
     if not workloads:
         raise ValueError("workloads: nothing to sweep (no shapes given)")
     options = dict(strategy_options or {})
