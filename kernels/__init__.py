@@ -6,6 +6,7 @@ Imports torch and triton only; serving processes load this module.
 from ._registry import kernel_specs, spec_by_name
 from ._spec import Config, KernelSpec, Key, Workload
 from ._targets import TARGETS, GpuTarget, target_by_name
+from .chunk import chunk_gated_delta_rule
 from .fused_recurrent import fused_recurrent_gated_delta_rule
 from .gating import fused_gdn_gating
 from .gdn_prep import gdn_prefill_prep
@@ -21,6 +22,7 @@ __all__ = [
     "Key",
     "Workload",
     "__version__",
+    "chunk_gated_delta_rule",
     "fused_gdn_gating",
     "fused_recurrent_gated_delta_rule",
     "gdn_prefill_prep",

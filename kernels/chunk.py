@@ -1,0 +1,154 @@
+"""Prefill of a Gated Delta Net layer: `chunk_gated_delta_rule`, the chunked algorithm in four kernels.
+
+    gc, Ai       = chunk_kkt_solve(k, g, β)            chunk-local cumsum of g; (I + A)⁻¹ per chunk
+    w, u         = chunk_wu(k, v, β, gc, Ai)            the WY representation of the chunk's updates
+    h, v_new, S  = chunk_state(k, w, u, gc, S₀)         the state at each chunk's start, sequentially
+    o            = chunk_output(q, k, v_new, h, gc)     every chunk in parallel
+
+Nothing here reads a tensor's values on the host: with cu_seqlens the chunk bookkeeping is built on the
+device and grids are sized by upper bounds (kernels/_varlen.py), so a call never synchronises and can
+be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _varlen
+from ._spec import CHUNK_SIZE
+from .chunk_kkt_solve import chunk_kkt_solve
+from .chunk_output import MAX_GRID_CHUNKS, chunk_output
+from .chunk_state import MAX_HEAD_DIM, chunk_state
+from .chunk_wu import chunk_wu
+from .l2norm import l2norm
+
+# 16-bit inputs only: the kernels' matrix products take 16-bit operands with float32 accumulation;
+# float32 q/k/v would run as tf32 (10 mantissa bits) and look more precise than they are.
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _check_arguments(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+) -> None:
+    """Shapes, dtypes and devices only: the values stay on the device (reading them would sync)."""
+    name = "chunk_gated_delta_rule"
+    if q.dim() != 4:
+        raise ValueError(f"{name}: q must be [B, T, H, K], got shape {tuple(q.shape)}")
+    B, T, H, K = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"{name}: k must have q's shape {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.dim() != 4 or v.shape[:2] != (B, T):
+        raise ValueError(f"{name}: v must be [B, T, HV, V] = [{B}, {T}, HV, V], got {tuple(v.shape)}")
+    HV = v.shape[2]
+    if HV % H:
+        raise ValueError(f"{name}: v's heads HV = {HV} must be a multiple of q's heads H = {H}")
+    if T == 0 or HV == 0 or v.shape[3] == 0:
+        raise ValueError(f"{name}: q and v must not be empty, got q {tuple(q.shape)} and v {tuple(v.shape)}")
+    if not 1 <= K <= MAX_HEAD_DIM:
+        raise ValueError(f"{name}: q's head dim K must be in 1..{MAX_HEAD_DIM}, got {K}")
+    if g.shape != (B, T, HV):
+        raise ValueError(f"{name}: g must be [B, T, HV] = [{B}, {T}, {HV}], got {tuple(g.shape)}")
+    if beta.shape != (B, T, HV):
+        raise ValueError(f"{name}: beta must be [B, T, HV] = [{B}, {T}, {HV}], got {tuple(beta.shape)}")
+    for arg, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{name}: {arg} must be bfloat16 or float16, got {t.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"{name}: q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if g.dtype != torch.float32:
+        raise ValueError(f"{name}: g must be float32 (cumulated log-space decay), got {g.dtype}")
+    if beta.dtype not in (torch.float32, q.dtype):
+        raise ValueError(f"{name}: beta must be float32 or q's dtype {q.dtype}, got {beta.dtype}")
+    N = B
+    if cu_seqlens is not None:
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(
+                f"{name}: cu_seqlens must be 1-D [N + 1] with N ≥ 1, got {tuple(cu_seqlens.shape)}"
+            )
+        if cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{name}: cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+        if B != 1:
+            raise ValueError(f"{name}: with cu_seqlens the batch must be packed into B == 1, got B = {B}")
+        N = cu_seqlens.numel() - 1
+    if initial_state is not None:
+        if initial_state.shape != (N, HV, K, v.shape[3]):
+            raise ValueError(
+                f"{name}: initial_state must be [N, HV, K, V] = [{N}, {HV}, {K}, {v.shape[3]}], "
+                f"got {tuple(initial_state.shape)}"
+            )
+        if not initial_state.is_floating_point():
+            raise ValueError(f"{name}: initial_state must be floating point, got {initial_state.dtype}")
+    if _varlen.max_chunks(B * T, N, CHUNK_SIZE) > MAX_GRID_CHUNKS:
+        raise ValueError(
+            f"{name}: {B * T} tokens in {N} sequences exceed {MAX_GRID_CHUNKS} chunks of {CHUNK_SIZE}"
+        )
+    named = {
+        "q": q,
+        "k": k,
+        "v": v,
+        "g": g,
+        "beta": beta,
+        "initial_state": initial_state,
+        "cu_seqlens": cu_seqlens,
+    }
+    for arg, t in named.items():
+        if t is not None and t.device != q.device:
+            raise ValueError(f"{name}: {arg} is on {t.device}, q on {q.device}; all must share a device")
+
+
+def chunk_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    use_qk_l2norm_in_kernel: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated delta rule over whole prompts → (o [B,T,HV,V] in v's dtype, final_state [N,HV,K,V] float32 or None).
+
+    q, k [B,T,H,K] and v [B,T,HV,V] in bf16 or fp16 (HV a multiple of H: query/key head h serves value
+    heads h·HV/H onwards); g [B,T,HV] float32 log-decay (≤ 0); beta [B,T,HV] float32 or q's dtype;
+    scale defaults to K^-0.5; initial_state [N,HV,K,V] (any float dtype, read as float32).
+    With cu_seqlens (int32 or int64 [N+1], B == 1) the sequences are packed along T; its values must
+    start at 0, never decrease and end at T. They are not checked, since reading them would
+    synchronise with the GPU. use_qk_l2norm_in_kernel normalises q and k over K first.
+    """
+    _check_arguments(q, k, v, g, beta, initial_state, cu_seqlens)
+    T, K = q.shape[1], q.shape[3]
+    scale = K**-0.5 if scale is None else float(scale)
+    q, k, v, beta = q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous()
+    g = g.contiguous()
+    if initial_state is not None:
+        initial_state = initial_state.contiguous()
+    chunk_indices = chunk_offsets = None
+    if cu_seqlens is not None:
+        cu_seqlens = cu_seqlens.to(torch.int32)  # a no-op for int32; kernels index with int32
+        chunk_offsets = _varlen.chunk_offsets(cu_seqlens, CHUNK_SIZE)
+        chunk_indices = _varlen.chunk_indices(cu_seqlens, T, CHUNK_SIZE)
+    if use_qk_l2norm_in_kernel:
+        q, k = l2norm(q), l2norm(k)
+
+    gc, Ai = chunk_kkt_solve(k, g, beta, cu_seqlens=cu_seqlens, chunk_indices=chunk_indices)
+    w, u = chunk_wu(k, v, beta, gc, Ai, cu_seqlens=cu_seqlens, chunk_indices=chunk_indices)
+    h, v_new, final_state = chunk_state(
+        k,
+        w,
+        u,
+        gc,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens,
+        chunk_offsets=chunk_offsets,
+    )
+    o = chunk_output(q, k, v_new, h, gc, scale, cu_seqlens=cu_seqlens, chunk_indices=chunk_indices)
+    return o, final_state
