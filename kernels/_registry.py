@@ -8,7 +8,16 @@ from functools import cache
 from ._spec import KernelSpec
 
 # Modules that define `SPECS: tuple[KernelSpec, ...]`, in pipeline order.
-_MODULES = ("gating", "gdn_prep", "l2norm", "chunk_kkt_solve", "chunk_wu", "chunk_state", "chunk_output", "fused_recurrent")
+_MODULES = (
+    "gating",
+    "gdn_prep",
+    "l2norm",
+    "chunk_kkt_solve",
+    "chunk_wu",
+    "chunk_state",
+    "chunk_output",
+    "fused_recurrent",
+)
 
 
 class UnknownKernelError(KeyError):
