@@ -283,8 +283,14 @@ def test_ctrl_c_keeps_finished_trials_and_the_next_run_completes(tmp_path):
     )
     assert (stopped.status, stopped.stopped) == ("interrupted", "interrupted")
     assert stopped.trials_total == {"ok": 3}
-    finished = run_sweep("h200", preset="smoke", kernels=["gdn_gating"], interpret=True, db_url=url)
+    seen = []
+    finished = run_sweep(
+        "h200", preset="smoke", kernels=["gdn_gating"], interpret=True, db_url=url, progress=seen.append
+    )
     assert finished.resumed and finished.status == "finished"
+    last = [p for p in seen if p.phase == "measure"][-1]
+    assert last.done == last.planned == last.ok == GATING_TRIALS - 3  # the progress counts this run's work
+    assert last.eta_s == 0
     assert finished.trials_total == {"ok": GATING_TRIALS} and finished.winners == 2
 
 

@@ -336,14 +336,14 @@ def _compile_phase(run: _Run, target: GpuTarget, extra_paths: Sequence[str], pro
 
 
 def _planned_trials(plan: _Plan, strategy: str, settings: Mapping[str, Any]) -> int:
-    todo = [c for c in plan.feasible if c not in plan.trials]
-    if strategy == "tpe":
-        budget = int(settings["trials"]) - sum(c in plan.trials for c in plan.feasible)
-        todo = todo[: max(0, budget)]
-    default_todo = (
-        plan.default_feasible and plan.spec.default not in plan.trials and plan.spec.default not in todo
-    )
-    return len(todo) + int(default_todo)
+    """Trials this run will measure for `plan` (for TPE an upper bound: it may converge sooner)."""
+    todo = {c for c in plan.feasible if c not in plan.trials}
+    if plan.default_feasible and plan.spec.default not in plan.trials:
+        todo.add(plan.spec.default)  # measured first, whatever the strategy
+    if strategy == "tpe":  # the budget counts everything measured, the default included
+        measured = sum(t.status != TrialStatus.INFEASIBLE for t in plan.trials.values())
+        return min(len(todo), max(0, int(settings["trials"]) - measured))
+    return len(todo)
 
 
 def _await_one(pool: WorkerPool) -> TaskResult:
