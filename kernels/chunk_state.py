@@ -53,12 +53,13 @@ SPACE = SearchSpace(
     ),
     constraints=(
         Constraint(
-            "BV ≤ V rounded up to a power of two: a wider block computes only padding",
-            lambda c, key: c["BV"] <= max(16, pow2_ceil(int(key["V"]))),
+            # 64 stays allowed so that the default is valid for every key, small heads included.
+            "BV ≤ max(64, V rounded up to a power of two): a wider block computes only padding",
+            lambda c, key: c["BV"] <= max(64, pow2_ceil(int(key["V"]))),
         ),
         Constraint(
             "BV·K ≤ 128·128: the float32 state tile must stay in registers (more spills to local memory)",
-            lambda c, key: c["BV"] * int(key["K"]) <= 128 * 128,
+            lambda c, key: c["BV"] * pow2_ceil(int(key["K"])) <= 128 * 128,
         ),
     ),
 )
