@@ -59,6 +59,19 @@ PRESETS: dict[str, Preset] = {
         "default", "every model below at TP 1, 2, 4, 8", model_workloads(list(MODELS.values()))
     ),
     **{name: Preset(name, f"{name} at TP 1, 2, 4, 8", model_workloads([m])) for name, m in MODELS.items()},
+    # The benchmark cases of flash-linear-attention's reference figures (ANCHORS.md): the first
+    # shapes to tune on a new GPU, since every release is measured on them.
+    "anchors": Preset(
+        "anchors",
+        "the prefill and decode cases the project is benchmarked on (K = V = 128)",
+        (
+            *(Workload(H, HV, 128, 128, tokens=8192) for H, HV in ((16, 64), (16, 32), (2, 8))),
+            Workload(16, 64, 128, 128, tokens=32768),
+            Workload(16, 64, 128, 128, tokens=8192, sequences=64),
+            *(Workload(16, 64, 128, 128, tokens=n, sequences=n, phase="decode") for n in (1, 32, 256)),
+            Workload(2, 8, 128, 128, tokens=256, sequences=256, phase="decode"),
+        ),
+    ),
     # Tiny shapes for CPU runs under TRITON_INTERPRET=1: a pipeline check, not a tuning run.
     "smoke": Preset(
         "smoke",
