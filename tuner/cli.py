@@ -78,3 +78,7 @@ main.add_command(export)
 main.add_command(status)
 main.add_command(trials)
 main.add_command(report)
+
+from gdn_tune.cli_warmup import warmup  # noqa: E402  (compiles the shipped configs into Triton's cache)
+
+main.add_command(warmup)

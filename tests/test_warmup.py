@@ -1,0 +1,301 @@
+"""`gdn-tune warmup`: argument handling, the plan (every spec × workload of a preset reached, tables
+honoured, every integer specialisation class planned), real sm90 compiles into a Triton cache on the
+CPU, and the proof that matters on the GPU host: production calls after a warmup compile nothing.
+
+Planning and compiling run in subprocesses: this test process runs the kernels under TRITON_INTERPRET=1,
+whose launches are not the GPU's (the plan refuses it, as tested here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gdn_kernels import kernel_specs
+from gdn_kernels._spec import Config, sequence_bucket, token_bucket
+from gdn_kernels._tables import TableEntry
+from gdn_kernels.gating import SPEC as GATING
+from gdn_tune.cli import main
+from gdn_tune.presets import preset_by_name
+from gdn_tune.tables import write_table
+from gdn_tune.warmup import CallProfile, counts_in_bucket, plan_warmup, target_place
+
+MADE_WITH = {
+    "gpu": "NVIDIA H200",
+    "compute_capability": "9.0",
+    "triton": "3.6.0",
+    "torch": "2.13.0",
+    "cuda": "12.8",
+    "date": "2026-01-31",
+}
+CLI = [sys.executable, "-c", "from gdn_tune.cli import main; main()"]
+
+
+def _compiled_env(**extra: str) -> dict[str, str]:
+    """The environment of a process that compiles for the GPU: no interpreter."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GDN_TUNE_CONFIG_DIR")}
+    return env | extra
+
+
+def _warmup(*args: str, **env: str) -> dict:
+    done = subprocess.run(
+        [*CLI, "warmup", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=_compiled_env(**env),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("count", "bucket", "expected"),
+    [
+        (1, sequence_bucket, [1]),
+        (2, sequence_bucket, [2]),
+        (4, sequence_bucket, [3, 4]),
+        (32, sequence_bucket, list(range(17, 33))),
+        (64, token_bucket, [1, *range(49, 65)]),
+        (100, token_bucket, list(range(113, 129))),
+        (8192, token_bucket, list(range(8177, 8193))),
+    ],
+    ids=lambda x: getattr(x, "__name__", str(x)) if not isinstance(x, list) else f"{len(x)}counts",
+)
+def test_counts_in_bucket_meet_every_specialisation_class_inside_the_bucket(count, bucket, expected):
+    counts = counts_in_bucket(count, bucket, 1)
+    assert counts == expected
+    assert {bucket(c) for c in counts} == {bucket(count)}
+    if len(counts) >= 16:  # every residue mod 16 is met
+        assert {c % 16 for c in counts} == set(range(16))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preset", "nope", "--gpu", "h200"], "unknown preset 'nope'"),
+        (["--preset", "smoke", "--gpu", "h200", "--kernels", "chunk_state,nope"], "unknown kernel(s) nope"),
+        (["--preset", "smoke", "--gpu", "nope"], "unknown GPU target 'nope'"),
+        (["--shape", "H=1,HV=2,K=32", "--gpu", "h200"], "T"),
+        (["--preset", "smoke", "--gpu", "h200", "--device-name", "../x"], "cannot name a table folder"),
+        (["--preset", "smoke", "--device-name", "NVIDIA H200"], "--device-name goes with a named --gpu"),
+        (["--preset", "smoke", "--gpu", "h200", "--jobs", "0"], "--jobs"),
+        (["--preset", "smoke", "--gpu", "h200", "--beta-dtype", "int8"], "--beta-dtype"),
+    ],
+    ids=["preset", "kernel", "target", "shape", "device-name", "device-name-auto", "jobs", "beta"],
+)
+def test_bad_arguments_are_clear_errors(args, message):
+    result = CliRunner().invoke(main, ["warmup", *args])
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+
+
+def test_auto_without_a_gpu_and_the_interpreter_are_refused():
+    import torch
+
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(main, ["warmup", "--preset", "smoke"])
+        assert result.exit_code != 0 and "needs a CUDA GPU" in result.output, result.output
+    place, cc, target = target_place("h200")
+    os.environ["TRITON_INTERPRET"], previous = "1", os.environ.get("TRITON_INTERPRET")
+    try:
+        with pytest.raises(ValueError, match="unset TRITON_INTERPRET"):
+            plan_warmup(preset_by_name("smoke").workloads, place, cc, target)
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+def _expected_pairs(preset: str) -> set[tuple[str, str]]:
+    return {
+        (name, spec.key_for(w).label)
+        for w in preset_by_name(preset).workloads
+        for name, spec in kernel_specs().items()
+        if w.phase in spec.phases
+    }
+
+
+def test_smoke_plan_reaches_every_spec_and_workload_with_every_integer_class(tmp_path):
+    # A table for gating in the H200's device folder, another in the arch folder: the device's wins,
+    # as it does for production on an H200.
+    key = GATING.key_for(preset_by_name("smoke").workloads[0])
+    device_entry = TableEntry(key, Config.of(BLOCK=512, num_warps=2, num_stages=1), 0.01, 0.02)
+    arch_entry = TableEntry(key, Config.of(BLOCK=256, num_warps=1, num_stages=1), 0.01, 0.02)
+    write_table(tmp_path, "sm90", GATING, [device_entry], MADE_WITH, device_name="NVIDIA H200")
+    write_table(tmp_path, "sm90", GATING, [arch_entry], MADE_WITH)
+
+    plan = _warmup(
+        "--preset", "smoke", "--gpu", "h200", "--device-name", "NVIDIA H200", "--dry-run",
+        GDN_TUNE_CONFIG_DIR=str(tmp_path),
+    )  # fmt: skip
+    pairs = {(k["kernel"], k["key"]) for k in plan["keys"]}
+    assert pairs == _expected_pairs("smoke")
+    assert all(k["source"] != "unreached" for k in plan["keys"]), plan["keys"]
+    gating_rows = [k for k in plan["keys"] if k["kernel"] == "gdn_gating" and k["key"] == key.label]
+    assert [(k["source"], k["config"]) for k in gating_rows] == [("exact", device_entry.config.label)]
+    gating_blocks = {dict(v["args"])["BLOCK"] for v in plan["variants"] if v["kernel"] == "gdn_gating"}
+    assert 512 in gating_blocks and 256 not in gating_blocks
+
+    # The smoke prefill has 100 tokens (bucket 128: 113..128), so each chunk kernel compiles with T
+    # divisible by 16 and without; decode has 3 sequences (bucket 4: 3 and 4, never divisible).
+    for kernel in ("chunk_kkt_solve", "chunk_wu", "chunk_state", "chunk_output"):
+        classes = {dict(v["args"])["T"][1] % 16 == 0 for v in plan["variants"] if v["kernel"] == kernel}
+        assert classes == {True, False}, kernel
+    decode = [v for v in plan["variants"] if v["kernel"] == "fused_recurrent"]
+    assert len(decode) == 1
+    flags = dict(decode[0]["args"])
+    assert flags["USE_STATE_INDICES"] and flags["INPLACE_FINAL_STATE"] and flags["USE_QK_L2NORM"]
+    assert all(dict(v["args"]).get("INTERPRETED") in (None, False) for v in plan["variants"])
+
+
+def test_profile_flags_and_kernel_selection_change_the_plan():
+    plan = _warmup(
+        "--preset", "smoke", "--gpu", "h200", "--kernels", "chunk_state", "--no-varlen", "--no-initial-state",
+        "--no-final-state", "--dry-run",
+    )  # fmt: skip
+    assert {k["kernel"] for k in plan["keys"]} == {"chunk_state"}
+    assert {v["kernel"] for v in plan["variants"]} == {"chunk_state"}
+    for variant in plan["variants"]:
+        args = dict(variant["args"])
+        assert (args["IS_VARLEN"], args["USE_INITIAL_STATE"], args["STORE_FINAL_STATE"]) == (
+            False,
+            False,
+            False,
+        )
+        assert args["cu_seqlens"] is None and args["h0"] is None and args["ht"] is None
+    assert (
+        plan["profile"] == CallProfile(varlen=False, initial_state=False, output_final_state=False).as_dict()
+    )
+
+
+@pytest.mark.slow
+def test_default_preset_plan_reaches_every_spec_and_workload():
+    plan = _warmup("--preset", "default", "--gpu", "h200", "--dry-run")
+    assert {(k["kernel"], k["key"]) for k in plan["keys"]} == _expected_pairs("default")
+    assert [k for k in plan["keys"] if k["source"] == "unreached"] == []
+    kernels_with_variants = {v["kernel"] for v in plan["variants"]}
+    assert kernels_with_variants == set(kernel_specs())
+
+
+# A production-like call on real (CPU) tensors, its launches recorded and handed to Triton's JIT
+# warmup under the compile-only driver: every one must be a cache hit after `gdn-tune warmup`, i.e.
+# the meta-tensor plan produced exactly the specialisations real tensors produce.
+REAL_TENSOR_CHECK = textwrap.dedent(
+    """
+    import json, sys, torch, triton
+    import gdn_kernels
+    from gdn_kernels._launch import recording
+    from gdn_tune.warmup import _install_compile_only_driver
+    from gdn_tune.warmup import target_place, _resolving_meta_as
+
+    _install_compile_only_driver(90)
+    hits = []
+    triton.knobs.compilation.listener = lambda **kw: hits.append(kw["cache_hit"])
+    records = []
+    for tokens in (100, 97, 128):
+        a, b = torch.randn(tokens, 2).bfloat16(), torch.randn(tokens, 2).bfloat16()
+        x = torch.randn(1, tokens, 1, 32).bfloat16()
+        with recording() as recs:
+            gdn_kernels.fused_gdn_gating(torch.zeros(2), a, b, torch.zeros(2))
+            gdn_kernels.l2norm(x)
+        records += recs
+    for r in records:
+        r.kernel.warmup(**r.args, grid=(1,), num_warps=r.num_warps, num_stages=r.num_stages)
+    print(json.dumps({"launches": len(records), "hits": hits}))
+    """
+)
+
+
+def test_warmup_compiles_for_sm90_on_the_cpu_and_real_tensor_calls_hit_its_cache(tmp_path):
+    cache = tmp_path / "triton-cache"
+    args = ("--preset", "smoke", "--gpu", "h200", "--kernels", "gdn_gating,l2norm", "--cache-dir", str(cache))
+    first = _warmup(*args, "--jobs", "2")
+    assert first["counts"] == {"compiled": first["plan"]["variants"]}, first["results"]
+    assert first["plan"]["variants"] >= 4  # two kernels × (T divisible by 16, T not)
+    assert all(r["shared_bytes"] is not None for r in first["results"])
+    assert any(Path(cache).rglob("*.cubin"))
+
+    again = _warmup(*args, "--jobs", "1")
+    assert again["counts"] == {"cached": first["plan"]["variants"]}, again["results"]
+
+    # The CPU tensors resolve no table (CPU device), so the configs are the defaults: the smoke plan
+    # for h200 without tables resolves the defaults too.
+    done = subprocess.run(
+        [sys.executable, "-c", REAL_TENSOR_CHECK],
+        capture_output=True,
+        text=True,
+        env=_compiled_env(TRITON_CACHE_DIR=str(cache)),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["launches"] == 6
+    assert report["hits"] and all(report["hits"]), report  # every compile Triton attempted was a hit
+
+
+GPU_FIRST_CALLS = textwrap.dedent(
+    """
+    import json, torch, triton
+    import gdn_kernels
+    misses = []
+    triton.knobs.compilation.listener = lambda **kw: misses.append(kw["cache_hit"] is False)
+    dev = "cuda"
+    H, HV, K, V = 16, 64, 128, 128
+    for tokens, lengths in ((8192, [8192]), (8100, [1000, 3000, 4004, 96])):
+        q = torch.randn(1, tokens, H, K, device=dev, dtype=torch.bfloat16)
+        k = torch.randn_like(q)
+        v = torch.randn(1, tokens, HV, V, device=dev, dtype=torch.bfloat16)
+        g = torch.nn.functional.logsigmoid(torch.randn(1, tokens, HV, device=dev))
+        beta = torch.rand(1, tokens, HV, device=dev)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=dev, dtype=torch.int32)
+        h0 = torch.randn(len(lengths), HV, K, V, device=dev)
+        a = torch.randn(tokens, HV, device=dev, dtype=torch.bfloat16)
+        gdn_kernels.fused_gdn_gating(torch.zeros(HV, device=dev), a, a, torch.zeros(HV, device=dev))
+        gdn_kernels.chunk_gated_delta_rule(
+            q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu,
+            use_qk_l2norm_in_kernel=True,
+        )
+    for N in (32, 27):
+        q = torch.randn(1, N, H, K, device=dev, dtype=torch.bfloat16)
+        cache = torch.randn(2 * N, HV, K, V, device=dev)
+        gdn_kernels.fused_recurrent_gated_delta_rule(
+            q, torch.randn_like(q), torch.randn(1, N, HV, V, device=dev, dtype=torch.bfloat16),
+            torch.nn.functional.logsigmoid(torch.randn(1, N, HV, device=dev)), torch.rand(1, N, HV, device=dev),
+            initial_state=cache, cu_seqlens=torch.arange(N + 1, device=dev, dtype=torch.int32),
+            ssm_state_indices=torch.arange(N, device=dev, dtype=torch.int32), use_qk_l2norm_in_kernel=True,
+            inplace_final_state=True,
+        )
+    torch.cuda.synchronize()
+    print(json.dumps({"compilations": len(misses), "misses": sum(misses)}))
+    """
+)
+
+
+@pytest.mark.gpu
+def test_gpu_production_calls_after_warmup_compile_nothing(tmp_path):
+    cache = tmp_path / "triton-cache"
+    warm = _warmup(
+        "--shape", "H=16,HV=64,K=128,V=128,T=8192", "--shape", "H=16,HV=64,K=128,V=128,T=32,N=32,phase=decode",
+        "--cache-dir", str(cache),
+    )  # fmt: skip
+    assert not warm["plan"]["unreached"] and warm["counts"].get("failed", 0) == 0, warm
+    done = subprocess.run(
+        [sys.executable, "-c", GPU_FIRST_CALLS],
+        capture_output=True,
+        text=True,
+        env=_compiled_env(TRITON_CACHE_DIR=str(cache)),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["compilations"] > 0  # the listener saw the first loads
+    assert report["misses"] == 0, report

@@ -1,0 +1,165 @@
+"""`gdn-tune warmup`: a thin command over warmup.py (plan the variants, compile them in parallel)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from .cli import json_option
+
+
+@click.command()
+@click.option(
+    "--preset",
+    "presets",
+    multiple=True,
+    help="Shapes of a preset the deployment serves (repeatable; default: 'default', every model).",
+)
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="H=..,HV=..,K=..,V=..,T=..[,N=..][,phase=decode][,dtype=..]",
+    help="A shape to warm (repeatable), in addition to the presets.",
+)
+@click.option("--kernels", help="Comma-separated kernel names (default: all).")
+@click.option("--jobs", type=click.IntRange(min=1), help="Compile processes (default: one per CPU core).")
+@click.option(
+    "--gpu",
+    default="auto",
+    show_default=True,
+    help="Resolve tables and compile for the local GPU (auto), or for a named target (gdn-tune targets).",
+)
+@click.option(
+    "--device-name",
+    help="With a named --gpu: the GPU's name ('NVIDIA H200') to pick its device folder of the tables.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Triton cache to fill (default: $TRITON_CACHE_DIR, else Triton's default).",
+)
+@click.option("--varlen/--no-varlen", default=True, show_default=True, help="Prefill passes cu_seqlens.")
+@click.option(
+    "--initial-state/--no-initial-state", default=True, show_default=True, help="Prefill passes a state."
+)
+@click.option(
+    "--final-state/--no-final-state", default=True, show_default=True, help="Prefill: output_final_state."
+)
+@click.option("--qk-l2norm/--no-qk-l2norm", default=True, show_default=True, help="use_qk_l2norm_in_kernel.")
+@click.option(
+    "--beta-dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+)
+@click.option(
+    "--decode-state-cache/--no-decode-state-cache",
+    default=True,
+    show_default=True,
+    help="Decode updates a state cache in place through ssm_state_indices.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan (keys, configs, variants); compile nothing.")
+@json_option
+def warmup(
+    presets: tuple[str, ...],
+    shapes: tuple[str, ...],
+    kernels: str | None,
+    jobs: int | None,
+    gpu: str,
+    device_name: str | None,
+    cache_dir: str | None,
+    varlen: bool,
+    initial_state: bool,
+    final_state: bool,
+    qk_l2norm: bool,
+    beta_dtype: str,
+    decode_state_cache: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Compile the configs the tables give the GPU into Triton's cache, so a server's first call compiles nothing.
+
+    The public functions run on meta tensors for every workload of the presets (every token count class
+    Triton specialises on), their launches are recorded and deduplicated, and each variant is compiled
+    through Triton's JIT warmup in worker processes. Run it with the server's environment (Triton's
+    cache key includes its TRITON_* compiler variables) and the server's call profile (the flags below).
+    """
+    from .cli_sweep import parse_shape
+    from .presets import preset_by_name
+    from .warmup import CallProfile, local_place, plan_warmup, run_warmup, target_place
+
+    try:
+        workloads = [
+            w for name in presets or (() if shapes else ("default",)) for w in preset_by_name(name).workloads
+        ]
+        workloads += [parse_shape(s) for s in shapes]
+        if gpu == "auto":
+            if device_name:
+                raise ValueError("--device-name goes with a named --gpu; auto reads the local GPU's name")
+            place, capability, target = local_place()
+        else:
+            place, capability, target = target_place(gpu, device_name)
+        profile = CallProfile(
+            varlen=varlen,
+            initial_state=initial_state,
+            output_final_state=final_state,
+            qk_l2norm=qk_l2norm,
+            beta_dtype=beta_dtype,
+            decode_state_cache=decode_state_cache,
+        )
+        names = [k.strip() for k in kernels.split(",") if k.strip()] if kernels else None
+        plan = plan_warmup(workloads, place, capability, target, names, profile)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    for key in plan.unreached:
+        click.echo(f"warning: no call of the plan resolved {key.kernel} {key.key.label}", err=True)
+    if dry_run:
+        _print_plan(plan, as_json)
+        return
+    progress = None if as_json else _progress
+    result = run_warmup(plan, jobs, cache_dir, progress)
+    if as_json:
+        click.echo(json.dumps({"plan": _plan_summary(plan), **result.as_dict()}, indent=2))
+    else:
+        counts = ", ".join(f"{n} {s}" for s, n in result.counts().items()) or "nothing to do"
+        click.echo(
+            f"warmup for {plan.target}: {len(plan.variants)} variants ({counts}) in {result.wall_seconds:.1f} s "
+            f"with {result.jobs} jobs; {plan.calls} calls planned in {plan.plan_seconds:.1f} s. "
+            f"Cache: {result.cache_dir}"
+        )
+        for failure in result.failed:
+            click.echo(f"  failed: {failure.label}: {failure.error}")
+    if result.failed:
+        sys.exit(1)
+
+
+def _plan_summary(plan: Any) -> dict[str, Any]:
+    return {k: v for k, v in plan.as_dict().items() if k not in ("keys", "variants")} | {
+        "keys": len(plan.keys),
+        "variants": len(plan.variants),
+        "unreached": [k.as_dict() for k in plan.unreached],
+    }
+
+
+def _print_plan(plan: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(plan.as_dict(), indent=2))
+        return
+    click.echo(
+        f"plan for {plan.target} (compute capability {plan.capability}): {len(plan.workloads)} workloads, "
+        f"{plan.calls} calls, {len(plan.keys)} keys, {len(plan.variants)} variants"
+    )
+    click.echo(f"{'kernel':<18} {'source':<9} {'config':<36} key")
+    for k in plan.keys:
+        click.echo(f"{k.kernel:<18} {k.source:<9} {k.config:<36} {k.key.label}")
+    click.echo("variants:")
+    for v in plan.variants:
+        click.echo(f"  {v.kernel:<18} {v.label}")
+
+
+def _progress(done: int, total: int, result: Any) -> None:
+    click.echo(f"[{done}/{total}] {result.status:<8} {result.seconds:6.1f} s  {result.label}", err=True)

@@ -1,0 +1,701 @@
+"""`gdn-tune warmup`: compile, into Triton's on-disk cache, every kernel variant a deployment will launch.
+
+A variant is what Triton compiles once per process: one @triton.jit function with one set of
+constexprs (the table's config among them), argument dtypes, argument specialisation (pointers
+16-byte aligned or not, integers equal to 1 or divisible by 16) and launch options. Production's first
+call of a new variant compiles it (seconds) unless Triton's on-disk cache already holds it, in which
+case it loads the binary (milliseconds). This module fills that cache before the server starts.
+
+How, and why this way rather than calling the public functions on real GPU tensors:
+
+1. **Plan** (`plan_warmup`, one process). For each workload of the presets, the *public functions* a
+   model calls (`fused_gdn_gating`, `gdn_prefill_prep`, `chunk_gated_delta_rule` with the call profile's
+   flags, `fused_recurrent_gated_delta_rule`) run on meta tensors inside `gdn_kernels._launch.recording()`.
+   The tables resolve exactly as for the local GPU (same arch and device folder), so every launch is
+   recorded with production's config, constexprs, dtypes and flags, by production's own code: nothing
+   is rebuilt by hand. Triton specialises integer arguments on `== 1` and on divisibility by 16, and a
+   token bucket holds counts of every residue, so each bucket is called with its top 16 counts (and 1
+   where the bucket holds it); the launches are then deduplicated (a few hundred variants for the
+   default preset instead of one per call).
+2. **Compile** (`run_warmup`, `--jobs` worker processes). Each variant goes through Triton's own JIT entry,
+   `JITFunction.warmup(...)` (`run(warmup=True)`: the same binder, specialisation and cache key as a
+   launch, minus the launch). Workers install a compile-only driver that reports the target GPU and
+   touches no CUDA: no context, no GPU memory, start-up in about a second, so they scale with CPU
+   cores, and a machine without the GPU can fill a cache for it. Meta tensors have data pointer 0,
+   i.e. 16-byte aligned, as every tensor the public functions allocate or make contiguous is (the
+   CUDA caching allocator aligns to 512 bytes).
+
+Calling the public functions on real tensors in each worker would be exact by construction but costs a
+CUDA context per process (about 500 MB each), real inputs (32768 tokens × 64 heads: GBs of h), and
+compiles each shared variant once per process that meets it. The recorded path is verified instead:
+`tests/test_warmup.py` (CPU: a variant warmed from meta tensors is a cache hit for the same call on real
+tensors; GPU: production calls after `gdn-tune warmup` compile nothing) and `scripts/bench_cold_start.py`
+(first forward call after warmup, with Triton's compilation listener counting cache misses).
+
+What a plan cannot know: the strides of views a model passes where a kernel takes strides (the prep
+kernel's `a`/`b` row stride is specialised on divisibility by 16: a model passing a [T, 2·HV] split at
+HV = 8 gets stride 16 where the plan assumed 8), and flags a deployment sets differently from the call
+profile. Such a call compiles its variant on first use, as without warmup; name the right profile.
+Triton's cache key also covers its cache-invalidating environment variables (TRITON_DEFAULT_FP_FUSION,
+TRITON_DISABLE_LINE_INFO, ...): run the warmup with the server's environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gdn_kernels import KernelSpec, Key, Workload, kernel_specs
+from gdn_kernels._spec import sequence_bucket, token_bucket
+
+# Triton 3.6 specialises an integer argument on divisibility by 16 (and == 1): calling each bucket with
+# its top 16 counts meets every residue mod 16.
+INT_ALIGNMENT = 16
+# One line of a worker's stdout that carries a result; anything else a compiler prints is passed on.
+RESULT_PREFIX = "@@gdn-warmup "
+
+
+@dataclass(frozen=True)
+class CallProfile:
+    """How a deployment calls the kernels. Each flag changes which variants compile.
+
+    The defaults are a serving engine's calls (vLLM's Qwen3-Next and Qwen3.5 layers, ANCHORS.md):
+    prefill packs prompts with int32 cu_seqlens, starts from a cached state, writes the final state
+    and normalises q, k in the call; decode updates a state cache in place through slot indices.
+    """
+
+    varlen: bool = True  # prefill passes cu_seqlens (B == 1)
+    initial_state: bool = True  # prefill passes initial_state
+    output_final_state: bool = True
+    qk_l2norm: bool = True  # use_qk_l2norm_in_kernel, prefill and decode
+    beta_dtype: str = "float32"  # or the q/k/v dtype (chunk_gated_delta_rule accepts both)
+    decode_state_cache: bool = True  # decode: ssm_state_indices into a cache, inplace_final_state
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PlannedKey:
+    """One (kernel, workload): the key the workload resolves, the config the tables give it, and how."""
+
+    kernel: str
+    workload: str
+    key: Key
+    config: str
+    source: str  # "exact", "nearest", "default" or "unreached" (no call of the plan resolved it)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel,
+            "workload": self.workload,
+            "key": self.key.label,
+            "config": self.config,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One compilation: a kernel function, its arguments as Triton specialises them, warps and stages.
+
+    `args` holds (name, description) in the kernel's parameter order: a tensor is ("tensor", dtype), a
+    runtime integer or float ("int", value) or ("float", value) (the value stands for its
+    specialisation class, all the compiler sees of it); constexprs, None and bools are kept as is.
+    """
+
+    kernel: str  # spec name (gdn_gating, chunk_state, ...)
+    module: str  # where the @triton.jit function lives
+    function: str
+    args: tuple[tuple[str, Any], ...]
+    num_warps: int
+    num_stages: int
+
+    @property
+    def label(self) -> str:
+        shown = [f"{n}={v}" for n, v in self.args if v is not None and not isinstance(v, tuple)]
+        # Runtime integers by their specialisation class, which is what tells two variants apart.
+        for n, v in self.args:
+            if _runtime_arg(v, "int") and (v[1] == 1 or v[1] % INT_ALIGNMENT == 0):
+                shown.append(f"{n}=1" if v[1] == 1 else f"{n}%16=0")
+        return f"{self.function}[w{self.num_warps} s{self.num_stages}]({','.join(shown)})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel,
+            "module": self.module,
+            "function": self.function,
+            "args": [[n, v] for n, v in self.args],
+            "num_warps": self.num_warps,
+            "num_stages": self.num_stages,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Variant:
+        args = tuple((n, tuple(v) if isinstance(v, list) else v) for n, v in raw["args"])
+        return cls(raw["kernel"], raw["module"], raw["function"], args, raw["num_warps"], raw["num_stages"])
+
+
+def _runtime_arg(value: Any, kind: str) -> bool:
+    """Whether an argument description is a runtime argument of `kind` ("tensor", "int", "float")."""
+    return isinstance(value, tuple) and len(value) == 2 and value[0] == kind
+
+
+@dataclass
+class WarmupPlan:
+    target: str  # what the tables resolved as: "sm90 (NVIDIA_H200)"
+    capability: int  # 90: what the workers compile for
+    profile: CallProfile
+    workloads: list[str]
+    keys: list[PlannedKey]
+    variants: list[Variant]
+    calls: int  # public calls recorded
+    plan_seconds: float
+
+    @property
+    def unreached(self) -> list[PlannedKey]:
+        return [k for k in self.keys if k.source == "unreached"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "capability": self.capability,
+            "profile": self.profile.as_dict(),
+            "workloads": self.workloads,
+            "keys": [k.as_dict() for k in self.keys],
+            "variants": [v.as_dict() | {"label": v.label} for v in self.variants],
+            "calls": self.calls,
+            "plan_seconds": round(self.plan_seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    label: str
+    kernel: str
+    status: str  # "compiled" (now), "cached" (already in the cache), "failed"
+    seconds: float
+    shared_bytes: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class WarmupResult:
+    cache_dir: str
+    jobs: int
+    wall_seconds: float
+    results: list[VariantResult] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.results:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        return dict(sorted(counts.items()))
+
+    @property
+    def failed(self) -> list[VariantResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cache_dir": self.cache_dir,
+            "jobs": self.jobs,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "counts": self.counts(),
+            "compile_seconds": round(sum(r.seconds for r in self.results), 3),
+            "results": [asdict(r) for r in self.results],
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning: the public functions on meta tensors, launches recorded
+
+
+def counts_in_bucket(count: int, bucket: Callable[[int], int], lowest: int) -> list[int]:
+    """Counts sharing `count`'s bucket that meet every specialisation class Triton distinguishes:
+    the bucket's top INT_ALIGNMENT counts (every residue mod 16) and 1 when the bucket holds it.
+
+    `lowest` is the smallest count the bucket function maps to the lowest bucket (1 for both buckets
+    here); a bucket b holds (b/2, b], the lowest bucket [lowest, b].
+    """
+    top = bucket(count)
+    floor = lowest if bucket(lowest) == top else top // 2 + 1
+    chosen = {c for c in range(top - INT_ALIGNMENT + 1, top + 1) if c >= floor}
+    if floor == lowest:
+        chosen.add(lowest)
+    return sorted(chosen)
+
+
+def _prefill_calls(workload: Workload, tokens: int, profile: CallProfile) -> list[Callable[[], Any]]:
+    """The prefill calls of one layer at `tokens`, on meta tensors: gates, fused prep, chunked rule."""
+    import torch
+
+    import gdn_kernels
+
+    meta = torch.device("meta")
+    dtype = getattr(torch, workload.dtype)
+    f32 = torch.float32
+    H, HV, K, V = workload.H, workload.HV, workload.K, workload.V
+    sequences = max(1, min(workload.sequences, tokens))
+    empty = lambda *shape, dt=dtype: torch.empty(*shape, dtype=dt, device=meta)
+    if profile.varlen:
+        batch, length = 1, tokens
+        cu_seqlens = empty(sequences + 1, dt=torch.int32)
+    else:
+        batch, length = sequences, -(-tokens // sequences)
+        cu_seqlens = None
+    A_log, dt_bias = empty(HV, dt=f32), empty(HV, dt=f32)
+    a, b = empty(tokens, HV), empty(tokens, HV)
+    mixed_qkv = empty(tokens, 2 * H * K + HV * V)
+    q, k = empty(batch, length, H, K), empty(batch, length, H, K)
+    v = empty(batch, length, HV, V)
+    g = empty(batch, length, HV, dt=f32)
+    beta = empty(batch, length, HV, dt=getattr(torch, profile.beta_dtype))
+    initial_state = empty(sequences, HV, K, V, dt=f32) if profile.initial_state else None
+    return [
+        lambda: gdn_kernels.fused_gdn_gating(A_log, a, b, dt_bias),
+        lambda: gdn_kernels.gdn_prefill_prep(mixed_qkv, a, b, A_log, dt_bias, H, HV, K, V),
+        lambda: gdn_kernels.chunk_gated_delta_rule(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            initial_state=initial_state,
+            output_final_state=profile.output_final_state,
+            cu_seqlens=cu_seqlens,
+            use_qk_l2norm_in_kernel=profile.qk_l2norm,
+        ),
+    ]
+
+
+def _decode_calls(workload: Workload, sequences: int, profile: CallProfile) -> list[Callable[[], Any]]:
+    """One decode step of `sequences` sequences (one token each), on meta tensors: gates, recurrence."""
+    import torch
+
+    import gdn_kernels
+
+    meta = torch.device("meta")
+    dtype = getattr(torch, workload.dtype)
+    f32 = torch.float32
+    H, HV, K, V = workload.H, workload.HV, workload.K, workload.V
+    empty = lambda *shape, dt=dtype: torch.empty(*shape, dtype=dt, device=meta)
+    A_log, dt_bias = empty(HV, dt=f32), empty(HV, dt=f32)
+    a, b = empty(sequences, HV), empty(sequences, HV)
+    q, k = empty(1, sequences, H, K), empty(1, sequences, H, K)
+    v = empty(1, sequences, HV, V)
+    g = empty(1, sequences, HV, dt=f32)
+    beta = empty(1, sequences, HV, dt=getattr(torch, profile.beta_dtype))
+    cu_seqlens = empty(sequences + 1, dt=torch.int32)
+    if profile.decode_state_cache:
+        # A cache with more slots than running sequences, gathered and updated in place by slot index.
+        state, indices = empty(2 * sequences, HV, K, V, dt=f32), empty(sequences, dt=torch.int32)
+    else:
+        state, indices = empty(sequences, HV, K, V, dt=f32), None
+    return [
+        lambda: gdn_kernels.fused_gdn_gating(A_log, a, b, dt_bias),
+        lambda: gdn_kernels.fused_recurrent_gated_delta_rule(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            initial_state=state,
+            output_final_state=True,
+            cu_seqlens=cu_seqlens,
+            use_qk_l2norm_in_kernel=profile.qk_l2norm,
+            ssm_state_indices=indices,
+            inplace_final_state=profile.decode_state_cache,
+        ),
+    ]
+
+
+def _describe_arg(param: Any, value: Any) -> Any:
+    """What the compiler sees of one argument, in JSON-able form (see `Variant`)."""
+    if hasattr(value, "data_ptr") and hasattr(value, "dtype"):
+        if value.data_ptr() % INT_ALIGNMENT:
+            raise ValueError(f"argument {param.name}: a recorded pointer is not 16-byte aligned")
+        return ("tensor", str(value.dtype).removeprefix("torch."))
+    if param.is_constexpr or value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return ("int", value)
+    if isinstance(value, float):
+        return ("float", value)
+    raise TypeError(f"argument {param.name}: cannot describe {value!r} for a warmup")
+
+
+def _variant_of(record: Any, kernel_names: dict[int, str]) -> Variant | None:
+    kernel = record.kernel
+    name = kernel_names.get(id(kernel))
+    if name is None:
+        return None
+    args = tuple(
+        (p.name, _describe_arg(p, record.args.get(p.name, p.default if p.has_default else None)))
+        for p in kernel.params
+    )
+    return Variant(name, kernel.fn.__module__, kernel.fn.__name__, args, record.num_warps, record.num_stages)
+
+
+def _specialisation(variant: Variant) -> tuple:
+    """A dedup key at least as fine as Triton's specialisation: two variants with one key compile once."""
+
+    def cls(value: Any) -> Any:
+        if _runtime_arg(value, "int"):
+            number = value[1]
+            width = "i32" if -(2**31) <= number < 2**31 else "i64"
+            return ("int", width, number == 1, number % INT_ALIGNMENT == 0)
+        if _runtime_arg(value, "float"):
+            return ("float",)  # Triton never specialises a runtime float
+        return value
+
+    return (
+        variant.module,
+        variant.function,
+        tuple((n, cls(v)) for n, v in variant.args),
+        variant.num_warps,
+        variant.num_stages,
+    )
+
+
+@contextmanager
+def _resolving_meta_as(place: Any) -> Iterator[None]:
+    """Within the block, launches on meta tensors resolve their configs as a device at `place` would.
+
+    gdn_kernels._tables caches where each device's tables are (arch, device folder) per device type and
+    index; the meta device gets the GPU's place, and its resolutions are forgotten on both sides of the
+    block so they never leak into, or come from, another use of the meta device.
+    """
+    from gdn_kernels import _tables
+
+    def forget_meta() -> None:
+        with _tables._lock:
+            _tables._places.pop(("meta", None), None)
+            for cache in (_tables._resolved, _tables._resolutions):
+                for cache_key in [c for c in cache if getattr(c[1], "type", None) == "meta"]:
+                    del cache[cache_key]
+
+    forget_meta()
+    _tables._places[("meta", None)] = place
+    try:
+        yield
+    finally:
+        forget_meta()
+
+
+def local_place(device_index: int | None = None) -> tuple[Any, int, str]:
+    """(tables place, compute capability as 90, description) of the local GPU, as production resolves it."""
+    import torch
+
+    from gdn_kernels import _tables
+
+    if not torch.cuda.is_available():
+        raise ValueError("--gpu auto needs a CUDA GPU; on a machine without one name the target (--gpu h200)")
+    device = torch.device("cuda", torch.cuda.current_device() if device_index is None else device_index)
+    place = _tables._locate(device)
+    major, minor = torch.cuda.get_device_capability(device)
+    if place.arch is None:
+        raise ValueError(f"no tables apply to this GPU: {place.why_none}")
+    return (
+        place,
+        major * 10 + minor,
+        f"{place.arch} ({place.device_folder or torch.cuda.get_device_name(device)})",
+    )
+
+
+def target_place(target_name: str, device_name: str | None = None) -> tuple[Any, int, str]:
+    """(tables place, compute capability, description) of a named target, for a machine without it.
+
+    `device_name` ("NVIDIA H200") selects the device folder of the tables as that GPU would.
+    """
+    from gdn_kernels import _tables, target_by_name
+
+    target = target_by_name(target_name)
+    folder = _tables.device_folder_name(device_name) if device_name else None
+    arch = os.environ.get(_tables.ENV_ARCH, "").strip() or target.arch
+    return _tables._Place(arch, folder), target.cc, f"{arch} ({folder or target.name})"
+
+
+def select_specs(kernels: Sequence[str] | None) -> dict[str, KernelSpec]:
+    specs = kernel_specs()
+    if not kernels:
+        return dict(specs)
+    unknown = [k for k in kernels if k not in specs]
+    if unknown:
+        raise ValueError(f"--kernels: unknown kernel(s) {', '.join(unknown)}; known: {', '.join(specs)}")
+    return {k: specs[k] for k in kernels}
+
+
+def plan_warmup(
+    workloads: Iterable[Workload],
+    place: Any,
+    capability: int,
+    target: str,
+    kernels: Sequence[str] | None = None,
+    profile: CallProfile = CallProfile(),
+) -> WarmupPlan:
+    """Every variant the profile's calls of `workloads` launch on a GPU at `place` (see the module doc).
+
+    Refuses under TRITON_INTERPRET=1: the kernels would then take their interpreter paths (constexpr
+    INTERPRETED flags) and record variants no GPU ever runs.
+    """
+    import torch
+
+    from gdn_kernels import _tables
+    from gdn_kernels._launch import recording
+
+    specs = select_specs(kernels)
+    if profile.beta_dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"beta dtype must be float32, bfloat16 or float16, got {profile.beta_dtype!r}")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise ValueError("warmup plans compiled GPU launches; unset TRITON_INTERPRET (it is 1 here)")
+    started = time.monotonic()
+    workloads = list(dict.fromkeys(workloads))
+    kernel_names = {id(fn): name for name, spec in specs.items() for fn in spec.jit_functions}
+    variants: dict[tuple, Variant] = {}
+    calls = 0
+    with _resolving_meta_as(place):
+        for workload in workloads:
+            if not any(workload.phase in spec.phases for spec in specs.values()):
+                continue
+            if workload.phase == "decode":
+                counts = counts_in_bucket(workload.sequences, sequence_bucket, 1)
+                make_calls = _decode_calls
+            else:
+                counts = counts_in_bucket(workload.tokens, token_bucket, 1)
+                make_calls = _prefill_calls
+            for count in counts:
+                for call in make_calls(workload, count, profile):
+                    with recording() as records:
+                        call()
+                    calls += 1
+                    for record in records:
+                        variant = _variant_of(record, kernel_names)
+                        if variant is not None:
+                            variants.setdefault(_specialisation(variant), variant)
+        resolved = {
+            (r.kernel, r.key): r for r in _tables.resolution_report() if torch.device(r.device).type == "meta"
+        }
+    keys = []
+    for workload in workloads:
+        for name, spec in specs.items():
+            if workload.phase not in spec.phases:
+                continue
+            key = spec.key_for(workload)
+            resolution = resolved.get((name, key))
+            keys.append(
+                PlannedKey(
+                    name,
+                    workload.label + ("-decode" if workload.phase == "decode" else ""),
+                    key,
+                    resolution.config.label if resolution else "",
+                    resolution.source if resolution else "unreached",
+                )
+            )
+    return WarmupPlan(
+        target=target,
+        capability=capability,
+        profile=profile,
+        workloads=[w.label for w in workloads],
+        keys=keys,
+        variants=list(variants.values()),
+        calls=calls,
+        plan_seconds=time.monotonic() - started,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Compiling: worker processes with a compile-only driver
+
+
+def _install_compile_only_driver(capability: int) -> None:
+    """Point Triton at a driver that names the target GPU and launches nothing (JITFunction.run with
+    warmup=True asks the driver for the target, the current device and its stream, nothing else)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    class CompileOnlyDriver:
+        def get_current_target(self) -> GPUTarget:
+            return GPUTarget("cuda", capability, 32)
+
+        def get_current_device(self) -> int:
+            return 0
+
+        def get_current_stream(self, device: int | None = None) -> int:
+            return 0
+
+    triton.runtime.driver.set_active(CompileOnlyDriver())
+
+
+def _rebuild_args(variant: Variant) -> dict[str, Any]:
+    import torch
+
+    return {
+        name: (
+            torch.empty(1, dtype=getattr(torch, value[1]), device="meta")
+            if _runtime_arg(value, "tensor")
+            else value[1]
+            if _runtime_arg(value, "int") or _runtime_arg(value, "float")
+            else value
+        )
+        for name, value in variant.args
+    }
+
+
+def compile_variant(variant: Variant) -> VariantResult:
+    """Compile one variant through the kernel's JIT warmup; Triton's listener says if it was cached."""
+    import importlib
+
+    import triton
+
+    seen: list[bool] = []
+    triton.knobs.compilation.listener = lambda **kw: seen.append(bool(kw["cache_hit"]))
+    started = time.monotonic()
+    try:
+        kernel = getattr(importlib.import_module(variant.module), variant.function)
+        compiled = kernel.warmup(
+            **_rebuild_args(variant), grid=(1,), num_warps=variant.num_warps, num_stages=variant.num_stages
+        )
+    except Exception as e:  # a compiler error is reported per variant; the others still compile
+        return VariantResult(
+            variant.label, variant.kernel, "failed", time.monotonic() - started, error=repr(e)
+        )
+    finally:
+        triton.knobs.compilation.listener = None
+    # No listener call: the worker compiled an identical specialisation earlier (in-memory cache).
+    status = "compiled" if seen and not seen[0] else "cached"
+    return VariantResult(
+        variant.label, variant.kernel, status, time.monotonic() - started, int(compiled.metadata.shared)
+    )
+
+
+def _worker_main(capability: int) -> None:
+    """`python -m gdn_tune.warmup --worker CC`: compile the variants read from stdin, one JSON per line."""
+    _install_compile_only_driver(capability)
+    out = sys.stdout
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        result = compile_variant(Variant.from_dict(json.loads(line)))
+        out.write(RESULT_PREFIX + json.dumps(asdict(result)) + "\n")
+        out.flush()
+
+
+def worker_environment(cache_dir: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # workers compile for the GPU, whatever the parent runs under
+    if cache_dir:
+        env["TRITON_CACHE_DIR"] = str(cache_dir)
+    return env
+
+
+def triton_cache_dir(cache_dir: str | None) -> str:
+    if cache_dir:
+        return str(cache_dir)
+    import triton
+
+    return os.environ.get("TRITON_CACHE_DIR") or triton.knobs.cache.dir
+
+
+class _Worker:
+    def __init__(self, capability: int, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gdn_tune.warmup", "--worker", str(capability)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+            bufsize=1,
+        )
+
+    def compile(self, variant: Variant) -> VariantResult | None:
+        """The result, or None when the worker died on it (a compiler crash)."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(json.dumps(variant.as_dict()) + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            return None
+        for line in self.process.stdout:
+            if line.startswith(RESULT_PREFIX):
+                return VariantResult(**json.loads(line[len(RESULT_PREFIX) :]))
+            sys.stderr.write(line)
+        return None
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_warmup(
+    plan: WarmupPlan,
+    jobs: int | None = None,
+    cache_dir: str | None = None,
+    progress: Callable[[int, int, VariantResult], None] | None = None,
+) -> WarmupResult:
+    """Compile every variant of `plan` into Triton's cache (`cache_dir`, else $TRITON_CACHE_DIR, else
+    Triton's default) with `jobs` worker processes (default: one per CPU core, at most one per variant).
+
+    The heaviest kernels go first so the last worker does not start the slowest compile alone. A
+    worker that dies takes only its variant down (recorded failed) and is replaced.
+    """
+    started = time.monotonic()
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(plan.variants) or 1))
+    env = worker_environment(cache_dir)
+    heavy_first = sorted(plan.variants, key=lambda v: (not v.kernel.startswith("chunk"), v.kernel))
+    pending: queue.Queue[Variant] = queue.Queue()
+    for variant in heavy_first:
+        pending.put(variant)
+    results: list[VariantResult] = []
+    lock = threading.Lock()
+
+    def serve() -> None:
+        worker = _Worker(plan.capability, env)
+        try:
+            while True:
+                try:
+                    variant = pending.get_nowait()
+                except queue.Empty:
+                    return
+                result = worker.compile(variant)
+                if result is None:
+                    code = worker.process.poll()
+                    result = VariantResult(
+                        variant.label, variant.kernel, "failed", 0.0, error=f"worker died (exit code {code})"
+                    )
+                    worker.close()
+                    worker = _Worker(plan.capability, env)
+                with lock:
+                    results.append(result)
+                    if progress is not None:
+                        progress(len(results), len(plan.variants), result)
+        finally:
+            worker.close()
+
+    threads = [threading.Thread(target=serve, daemon=True) for _ in range(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return WarmupResult(triton_cache_dir(cache_dir), jobs, time.monotonic() - started, results)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        _worker_main(int(sys.argv[2]))
+    else:
+        sys.exit("usage: python -m gdn_tune.warmup --worker CC (started by gdn-tune warmup)")
