@@ -82,3 +82,7 @@ main.add_command(report)
 from gdn_tune.cli_warmup import warmup  # noqa: E402  (compiles the shipped configs into Triton's cache)
 
 main.add_command(warmup)
+
+from gdn_tune.cli_summary import summary  # noqa: E402  (the sweep summary kept beside the tables)
+
+main.add_command(summary)

@@ -1,0 +1,38 @@
+"""`gdn-tune summary`: a thin command over summary.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli import TargetType, json_option
+from .cli_sweep import db_option
+from .storage import Storage, StorageError
+
+
+@click.command()
+@db_option
+@click.option("--gpu", "target", type=TargetType(), help="Only this target's sweeps (default: all).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Markdown file to write, beside the tables: tuned_configs/sm90/SWEEP.md.",
+)
+@json_option
+def summary(db_url: str, target: Any, out: Path, as_json: bool) -> None:
+    """Write the sweep summary kept beside the tables: trials, failures by kind, time spent, per kernel."""
+    from .summary import write_summary
+
+    try:
+        data = write_summary(Storage(db_url, must_exist=True), out, target.name if target else None)
+    except StorageError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    trials = sum(sum(k["trials"].values()) for k in data["kernels"].values())
+    click.echo(f"wrote {out}: {len(data['sweeps'])} sweeps, {len(data['kernels'])} kernels, {trials} trials")
