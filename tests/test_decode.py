@@ -365,11 +365,11 @@ def test_bad_arguments_raise_clear_errors(case):
         call_with(inputs, **change(inputs))
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("N", [1, 256], ids=lambda n: f"N{n}-H16-HV64-K128-V128")
-def test_real_decode_shapes_on_gpu(device, N):
-    """Qwen3.5-397B at TP 1: 16/64 heads of 128, a state cache with padding, in place, in-kernel l2norm."""
-    inputs = make_decode_inputs(device, N=N, H=16, HV=64, K=128, V=128, lengths=[1] * N, slots=2 * N + 1)
+def check_serving_decode_step(device, N, H, HV, K, V):
+    """A serving engine's decode step: one token per sequence, a state cache with a padded entry (N > 1),
+    updated in place, in-kernel l2norm; then the same inputs gathered into a new final state."""
+    inputs = make_decode_inputs(device, N=N, H=H, HV=HV, K=K, V=V, lengths=[1] * N, slots=2 * N + 1)
+    inputs["use_qk_l2norm_in_kernel"] = True
     if N > 1:
         inputs["ssm_state_indices"][N // 2] = -1
     before = inputs["initial_state"].clone()
@@ -385,13 +385,25 @@ def test_real_decode_shapes_on_gpu(device, N):
         ssm_state_indices=inputs["ssm_state_indices"],
         inplace_final_state=True,
     )
-    reference = fused_recurrent_reference(
-        {**inputs, "initial_state": before, "use_qk_l2norm_in_kernel": True}
-    )
+    reference = fused_recurrent_reference({**inputs, "initial_state": before})
     indices = inputs["ssm_state_indices"].long()
     assert relative_error(o, reference["o"]) <= TOLERANCE
     assert relative_error(cache[indices[indices >= 0]], reference["final_state"][indices >= 0]) <= TOLERANCE
-    assert_close(run_poisoned({**inputs, "initial_state": before}), reference)  # gathered, not in place
+    # Gathered, not in place. The l2norm flag travels in `inputs`: without it q (norm ≈ 11 at K = 128)
+    # went in unnormalised and o came out 10× too large, while final_state (unit-norm keys) matched.
+    assert_close(run_poisoned({**inputs, "initial_state": before}), reference)
+
+
+@pytest.mark.parametrize("N", [1, 4], ids=lambda n: f"N{n}-H1-HV2-K32-V32")
+def test_serving_decode_step(device, N):
+    check_serving_decode_step(device, N, H=1, HV=2, K=32, V=32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N", [1, 256], ids=lambda n: f"N{n}-H16-HV64-K128-V128")
+def test_real_decode_shapes_on_gpu(device, N):
+    """Qwen3.5-397B at TP 1: 16/64 heads of 128."""
+    check_serving_decode_step(device, N, H=16, HV=64, K=128, V=128)
 
 
 @pytest.mark.gpu
