@@ -9,7 +9,11 @@ The solve works on 16×16 blocks, indices 0..3 along the chunk:
 2. The four diagonal blocks are inverted by forward substitution (15 rank-1 updates of a 16×16 tile
    each; the four chains are independent, so they interleave).
 3. The off-diagonal blocks follow from Ai_ij = −Ai_ii · Σ_{j≤m<i} A_im · Ai_mj, sub-diagonal by
-   sub-diagonal, as 16 float32 `tl.dot`s of 16×16 tiles.
+   sub-diagonal, as 16 float32 `tl.dot`s of 16×16 tiles on the tensor cores in tf32 (see
+   MERGE_PRECISION).
+
+Every tile has 16 rows, one warp's MMA: the kernel runs best on one warp (H200, dp-8k: 0.111 ms at
+1 warp, 0.223 at 2, 0.443 at 4, where extra warps replicate the same tiles).
 
 Ai is stored in k's dtype, as FLA does. Measured against float64 (T 1024, H 2, HV 4, K = V = 128,
 bf16, rounding as the GPU does): Ai itself is off by 8e-5 relative L2, and w, u computed from bf16 Ai
@@ -47,8 +51,8 @@ SPACE = SearchSpace(
     params=(
         # K slice of the k·kᵀ product; each step loads four [16, BK] slices of k. 16 is tl.dot's minimum.
         Param("BK", (16, 32, 64, 128), "K slice of the k·kᵀ product", lo=16, hi=256),
-        # 16-row MMA tiles cannot be split across warps, so extra warps replicate the work; ptxas
-        # (sm90, dp-8k) spills 828 bytes per thread at 1 warp, 68 at 2, none at 4 and 8.
+        # 16-row MMA tiles cannot be split across warps, so extra warps replicate the work. With tf32
+        # merges ptxas (sm90, dp-8k) needs 218 registers at 1 warp and spills nothing.
         warps(1, 2, 4, 8),
         # K/BK is 1..8 steps; ptxas output is identical for 1 and 2 stages at K = 128.
         stages(1, 2, 3, why="pipelines the k loads of the K loop"),
@@ -60,11 +64,17 @@ SPACE = SearchSpace(
         ),
     ),
 )
-# 4 warps: the fewest without register spills (see above); 10 KB of shared memory on every target.
-DEFAULT = Config.of(BK=64, num_warps=4, num_stages=2)
+# H200, CUDA-graph median (scripts/try_configs.py): dp-8k 0.111 ms (BK 32: 0.113, BK 128: 0.134,
+# 1 stage: 0.145, 3 stages: 0.111), tp8 0.020 ms; 4.5 KB of shared memory on sm90.
+DEFAULT = Config.of(BK=64, num_warps=1, num_stages=2)
 
-# fp32 products of the off-diagonal merge: tf32 would round Ai's 16×16 blocks to 10 mantissa bits.
-MERGE_PRECISION = "ieee"
+# Products of the off-diagonal merge. "ieee" runs fp32 FMA loops and spills at 1 warp (828 bytes per
+# thread): dp-8k 0.258 ms at its best (2 warps) against 0.111 in tf32. tf32 rounds the operands to
+# 10 mantissa bits, below the 8 of the bf16 Ai written: relative L2 error of Ai against float64 is
+# 5.1e-5 either way at dp-8k and tp8 (H200), and in a float64 simulation with strongly correlated
+# unit keys (mean k_i·k_j 0.92, β = 1, no decay) 1.3e-3 against 8.7e-4 for ieee, both before the
+# bf16 rounding of Ai. "tf32x3" (fp32-accurate, 3 products) costs 0.149 ms.
+MERGE_PRECISION = "tf32"
 
 # Triton's interpreter (TRITON_INTERPRET=1, the CPU tests) has two bf16 gaps: tl.dot multiplies the
 # raw bit patterns (triton#11584), and float32 → bf16 truncates instead of rounding to nearest,
