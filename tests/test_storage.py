@@ -121,7 +121,7 @@ def test_an_unusable_url_is_a_storage_error_naming_it(tmp_path):
     with pytest.raises(StorageError, match="nosuchdb://x"):
         Storage("nosuchdb://x")
     missing_dir = tmp_path / "missing" / "sweep.db"
-    with pytest.raises(StorageError, match=r"missing/sweep\.db: create the tables failed"):
+    with pytest.raises(StorageError, match=r"missing/sweep\.db: create or upgrade the tables failed"):
         Storage(f"sqlite:///{missing_dir}")
 
 

@@ -23,7 +23,8 @@ db_option = click.option(
     default=DEFAULT_DB_URL,
     show_default=True,
     envvar="GDN_TUNE_DB",
-    help="SQLAlchemy URL of the sweep database (also $GDN_TUNE_DB), e.g. postgresql://host/gdn.",
+    help="SQLAlchemy URL of the sweep database (also $GDN_TUNE_DB), e.g. postgresql://user@host/gdn "
+    "(needs the postgres extra: pip install 'gdn-tune[postgres]').",
 )
 extra_specs_option = click.option(
     "--extra-specs",
@@ -146,7 +147,10 @@ class _ProgressLine:
 @click.option("--budget", help="Stop asking for trials after this long (e.g. 20m); re-run to continue.")
 @db_option
 @click.option(
-    "--workers", default="auto", show_default=True, help="Worker processes: N, or auto (one per GPU)."
+    "--workers",
+    default="auto",
+    show_default=True,
+    help="Worker processes: N, or auto (one per visible GPU; CUDA_VISIBLE_DEVICES picks them).",
 )
 @click.option(
     "--interpret", is_flag=True, help="Run trials on the CPU under TRITON_INTERPRET=1 (pipeline check)."
@@ -156,6 +160,13 @@ class _ProgressLine:
     type=click.FloatRange(min=0.1),
     default=None,
     help="Seconds a trial may take before its worker is killed (default 180).",
+)
+@click.option(
+    "--claim-grace",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    metavar="SECONDS",
+    help="A problem whose process sent no heartbeat for this long goes to another process (default 60).",
 )
 @extra_specs_option
 @json_option
@@ -171,6 +182,7 @@ def sweep(
     workers: str,
     interpret: bool,
     trial_timeout: float | None,
+    claim_grace: float | None,
     extra_specs: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -179,7 +191,9 @@ def sweep(
     Each trial is checked against the float64 reference (twice, bitwise) before it is timed; configs
     that do not compile for the target are recorded infeasible and never launched. Trials are committed
     as they finish: the same command again continues a stopped sweep without measuring anything twice.
+    The same command on other hosts, with the same PostgreSQL --db, joins the sweep and shares its work.
     """
+    from .storage import DEFAULT_CLAIM_GRACE_S
     from .sweep import GpuMismatchError, run_sweep
     from .worker import DEFAULT_TRIAL_TIMEOUT_S
 
@@ -209,6 +223,7 @@ def sweep(
                 progress=progress,
                 extra_specs=extra_specs,
                 trial_timeout_s=trial_timeout or DEFAULT_TRIAL_TIMEOUT_S,
+                claim_grace_s=claim_grace or DEFAULT_CLAIM_GRACE_S,
                 command=shlex.join(["gdn-tune", *sys.argv[1:]]),
             )
         finally:
@@ -303,6 +318,11 @@ def status(db_url: str, as_json: bool) -> None:
             f"{r['id']:>3} {r['target']:<8} {r['status']:<11} {r['strategy']:<8} "
             f"{r['problems_with_winner']:>4}/{r['problems']:<4}  {trials}  ({r['gpu_name']}, {r['started_at']})"
         )
+        for claim in r["claims"]:  # the processes measuring it now, and how long since each was heard from
+            click.echo(
+                f"      measuring: {claim['claimant']}, {claim['problems']} problem(s), "
+                f"last heartbeat {claim['heartbeat_age_s']} s ago"
+            )
 
 
 def _trials_help() -> str:

@@ -22,6 +22,7 @@ from .storage import (
     TrialStatus,
     WinnerModel,
     config_from_json,
+    database_now,
     key_from_json,
 )
 
@@ -92,8 +93,11 @@ def winners(storage: Storage, target: str | None = None) -> list[WinnerRow]:
 
 
 def sweep_rows(storage: Storage) -> list[dict[str, Any]]:
-    """Every sweep with its progress: problems, problems with a winner, trials by status."""
+    """Every sweep with its progress: problems, problems with a winner, trials by status, and the
+    processes measuring it now (`claims`: claimant, problems held, seconds since its last heartbeat;
+    a claim older than the sweep's grace period belongs to a dead process and will be taken over)."""
     with storage.session("read the sweeps") as session:
+        now = database_now(session)
         sweeps = list(session.scalars(sa.select(SweepModel).order_by(SweepModel.id)))
         problems = dict(
             session.execute(
@@ -114,6 +118,29 @@ def sweep_rows(storage: Storage) -> list[dict[str, Any]]:
             .group_by(ProblemModel.sweep_id, TrialModel.status)
         ):
             by_status.setdefault(sweep_id, {})[status] = count
+        done = dict(
+            session.execute(
+                sa.select(ProblemModel.sweep_id, sa.func.count())
+                .where(ProblemModel.done_at.is_not(None))
+                .group_by(ProblemModel.sweep_id)
+            ).all()
+        )
+        claims: dict[int, list[dict[str, Any]]] = {}
+        for sweep_id, claimant, held, last in session.execute(
+            sa.select(
+                ProblemModel.sweep_id,
+                ProblemModel.claimed_by,
+                sa.func.count(),
+                sa.func.max(ProblemModel.heartbeat_at),
+            )
+            .where(ProblemModel.claimed_by.is_not(None), ProblemModel.done_at.is_(None))
+            .group_by(ProblemModel.sweep_id, ProblemModel.claimed_by)
+            .order_by(ProblemModel.claimed_by)
+        ):
+            age = round((now - last).total_seconds(), 1) if last is not None else None
+            claims.setdefault(sweep_id, []).append(
+                {"claimant": claimant, "problems": held, "heartbeat_age_s": age}
+            )
     return [
         {
             "id": s.id,
@@ -126,6 +153,8 @@ def sweep_rows(storage: Storage) -> list[dict[str, Any]]:
             "finished_at": s.finished_at.isoformat(timespec="seconds") if s.finished_at else None,
             "problems": problems.get(s.id, 0),
             "problems_with_winner": won.get(s.id, 0),
+            "problems_done": done.get(s.id, 0),
+            "claims": claims.get(s.id, []),
             "trials": dict(sorted(by_status.get(s.id, {}).items())),
             "command": s.command,
         }
@@ -158,6 +187,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "shared_bytes": "shared memory the compiled kernel needs, bytes",
     "error": "why it failed (compile error, reference mismatch, signal, timeout)",
     "finished_at": "when the trial was committed (UTC)",
+    "worker": "process and GPU that measured it, host:pid:tag/gpuN (cpuN under the interpreter)",
 }
 
 
@@ -197,6 +227,7 @@ def trial_rows(storage: Storage, sweep_id: int | None = None) -> list[dict[str, 
                 "shared_bytes": trial.shared_bytes,
                 "error": trial.error,
                 "finished_at": trial.finished_at,
+                "worker": trial.worker,
             }
             for trial, problem, sweep, winner_trial_id in session.execute(query)
         ]
@@ -232,6 +263,7 @@ def write_trials_parquet(storage: Storage, path: str, sweep_id: int | None = Non
             ("shared_bytes", pa.int64()),
             ("error", pa.string()),
             ("finished_at", pa.timestamp("us", tz="UTC")),
+            ("worker", pa.string()),
         ]
     )
     assert schema.names == list(TRIAL_COLUMNS), "TRIAL_COLUMNS and the Parquet schema must agree"

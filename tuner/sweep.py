@@ -6,16 +6,21 @@
    measured is skipped: a sweep stopped by Ctrl-C, its budget, or SIGKILL continues where it stopped.
 3. Compile every candidate (and the default) for the target over all CPU cores; what fails or does
    not fit the target's shared memory is recorded infeasible and never launched.
-4. Measure, problem by problem, on one worker per GPU: the default config first (the table records its
-   time beside the winner's), then what the strategy asks for. Each trial is committed as it finishes.
-5. Pick: the top candidates and the default are re-timed interleaved, and the fastest of the top ones
-   wins. Only a correct, deterministic trial can win (the database refuses anything else).
+4. Measure on one worker per GPU. Each worker claims a problem in the database and stays with it: the
+   default config first (the table records its time beside the winner's), then what the strategy asks
+   for. Each trial is committed as it finishes. A worker with nothing to hand out claims the next
+   problem, or helps the problems in progress once none is left, so no GPU idles while work remains.
+   Several processes (hosts) sharing a PostgreSQL database share the problems the same way.
+5. Pick: the top candidates and the default are re-timed interleaved on one worker, and the fastest of
+   the top ones wins. Only a correct, deterministic trial can win (the database refuses anything else).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -30,13 +35,17 @@ from .compile_pool import CompileJob, compile_all
 from .presets import preset_by_name
 from .specs import available_specs, extra_spec_paths
 from .storage import (
+    DEFAULT_CLAIM_GRACE_S,
     DEFAULT_DB_URL,
+    Claim,
+    DuplicateTrialError,
     Measurement,
     ProblemModel,
     Storage,
     SweepStatus,
     TrialModel,
     TrialStatus,
+    claimant_name,
     key_to_json,
 )
 from .strategies import Problem, Search, make_strategy
@@ -159,6 +168,7 @@ class SweepSummary:
     workers: int
     workers_replaced: int
     stopped: str | None = None  # "interrupted" (Ctrl-C) or "budget"
+    claimant: str = ""  # this process in the database's claims and trials ("host:pid:tag")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,6 +184,7 @@ class _Plan:
     default_feasible: bool = False
     new_trials: int = 0
     complete: bool = False  # searched to the end (not cut by the budget or Ctrl-C)
+    stale_pick: bool = False  # taken over from a dead process, which may have measured after its pick
 
     @property
     def label(self) -> str:
@@ -227,12 +238,21 @@ def _select_specs(kernels: Sequence[str] | None, extra_paths: Sequence[str]) -> 
 class _Run:
     """One invocation of a sweep: the state its loop shares, kept out of run_sweep's signature."""
 
-    def __init__(self, storage: Storage, sweep_id: int, plans: list[_Plan], progress, deadline: float | None):
+    def __init__(
+        self,
+        storage: Storage,
+        sweep_id: int,
+        plans: list[_Plan],
+        progress: Callable[[SweepProgress], None] | None,
+        deadline: float | None,
+        claimant: str,
+    ) -> None:
         self.storage = storage
         self.sweep_id = sweep_id
         self.plans = plans
         self.progress = progress
         self.deadline = deadline
+        self.claimant = claimant
         self.started = time.monotonic()
         self.counts: Counter[str] = Counter()
         self.planned = 0
@@ -271,7 +291,8 @@ class _Run:
             )
         )
 
-    def record(self, plan: _Plan, config: Config, measurement: Measurement) -> TrialModel:
+    def record(self, plan: _Plan, config: Config, measurement: Measurement, worker: str) -> TrialModel:
+        """Commit a trial; DuplicateTrialError when another process measured it (this one lost its claim)."""
         assert plan.problem is not None
         compiled = self.compile_results.get((plan.problem.id, config))
         if compiled is not None and measurement.compile_seconds is None:
@@ -282,7 +303,7 @@ class _Run:
                     "shared_bytes": compiled.shared_bytes,
                 }
             )
-        trial = self.storage.record_trial(plan.problem.id, config, measurement)
+        trial = self.storage.record_trial(plan.problem.id, config, measurement, worker=worker)
         plan.trials[config] = trial
         plan.new_trials += 1
         self.counts[trial.status] += 1
@@ -294,7 +315,12 @@ def _measured_times(plan: _Plan) -> dict[Config, float | None]:
 
 
 def _compile_phase(run: _Run, target: GpuTarget, extra_paths: Sequence[str], processes: int | None) -> int:
-    """Compile every config not yet tried; record the infeasible ones. Returns the number of jobs."""
+    """Compile every config not yet tried, over all CPU cores; record what fails as infeasible. Returns
+    the number of jobs.
+
+    Infeasibility is a fact of (kernel, config, target, Triton), the same whichever process finds it, so
+    it is recorded without a claim: another process that recorded it first leaves nothing to add.
+    """
     jobs: list[CompileJob] = []
     plan_of: dict[CompileJob, _Plan] = {}
     for plan in run.plans:
@@ -304,35 +330,69 @@ def _compile_phase(run: _Run, target: GpuTarget, extra_paths: Sequence[str], pro
                 jobs.append(job)
                 plan_of[job] = plan
     compiled = 0
+    infeasible = 0
 
     def on_result(job: CompileJob, result: CompileResult) -> None:
-        nonlocal compiled
+        nonlocal compiled, infeasible
         compiled += 1
+        infeasible += not result.ok
         plan = plan_of[job]
         assert plan.problem is not None
         run.compile_results[(plan.problem.id, job.config)] = result
         if not result.ok:
-            run.record(
-                plan,
-                job.config,
-                Measurement(
-                    TrialStatus.INFEASIBLE,
-                    compile_seconds=result.seconds,
-                    shared_bytes=result.shared_bytes,
-                    error=result.error,
-                ),
-            )
-        run.report("compile", 0, f"compiled {compiled}/{len(jobs)} configs for {target.name}")
+            _record_infeasible(run, plan, job.config)
+        run.report(
+            "compile", 0, f"compiled {compiled}/{len(jobs)} configs for {target.name}, {infeasible} fail"
+        )
 
     if jobs:
         compile_all(jobs, target.name, extra_paths, processes, on_result)
     for plan in run.plans:
-        candidates = plan.spec.space.candidates(plan.key)
-        usable = {c for c, t in plan.trials.items() if t.status != TrialStatus.INFEASIBLE}
-        usable |= {c for c in candidates if c not in plan.trials}  # compiled fine, not measured yet
-        plan.feasible = [c for c in candidates if c in usable]
-        plan.default_feasible = plan.spec.default in usable
+        _refresh_feasible(run, plan)
     return len(jobs)
+
+
+def _record_infeasible(run: _Run, plan: _Plan, config: Config) -> None:
+    assert plan.problem is not None
+    result = run.compile_results[(plan.problem.id, config)]
+    measurement = Measurement(
+        TrialStatus.INFEASIBLE,
+        compile_seconds=result.seconds,
+        shared_bytes=result.shared_bytes,
+        error=result.error,
+    )
+    with contextlib.suppress(DuplicateTrialError):  # recorded by another process first
+        run.record(plan, config, measurement, worker=f"{run.claimant}/compile")
+
+
+def _unrecorded_infeasible(run: _Run, plan: _Plan) -> list[Config]:
+    """Configs that failed to compile and are not yet in the database."""
+    assert plan.problem is not None
+    pid = plan.problem.id
+    configs = dict.fromkeys([plan.spec.default, *plan.spec.space.candidates(plan.key)])
+    return [
+        c
+        for c in configs
+        if c not in plan.trials
+        and (result := run.compile_results.get((pid, c))) is not None
+        and not result.ok
+    ]
+
+
+def _refresh_feasible(run: _Run, plan: _Plan) -> None:
+    """The candidates still worth measuring: not recorded infeasible and compiled fine."""
+    assert plan.problem is not None
+    pid = plan.problem.id
+
+    def usable(config: Config) -> bool:
+        trial = plan.trials.get(config)
+        if trial is not None:
+            return trial.status != TrialStatus.INFEASIBLE
+        result = run.compile_results.get((pid, config))
+        return result is None or result.ok
+
+    plan.feasible = [c for c in plan.spec.space.candidates(plan.key) if usable(c)]
+    plan.default_feasible = usable(plan.spec.default)
 
 
 def _planned_trials(plan: _Plan, strategy: str, settings: Mapping[str, Any]) -> int:
@@ -346,93 +406,303 @@ def _planned_trials(plan: _Plan, strategy: str, settings: Mapping[str, Any]) -> 
     return len(todo)
 
 
-def _await_one(pool: WorkerPool) -> TaskResult:
-    while True:
-        results = pool.collect(timeout_s=1.0)
-        if results:
-            (result,) = results
-            return result
-
-
-def _measure_problem(
-    run: _Run, pool: WorkerPool, plan: _Plan, index: int, search_for: Callable[[_Plan], Search]
-) -> bool:
-    """Measure one problem until its search stops; True when it finished (not cut by the budget)."""
-    assert plan.problem is not None
-
-    def submit(config: Config) -> int:
-        task_id = next(run.task_ids)
-        pool.submit(TrialTask(task_id, plan.spec.name, plan.key, config, TRIAL_BUDGET_MS))
-        return task_id
-
-    def finish(result: TaskResult) -> None:
-        assert isinstance(result.task, TrialTask) and result.measurement is not None
-        run.record(plan, result.task.config, result.measurement)
-        run.measured_this_run += 1
-        run.report("measure", index, plan.label)
-
-    # The default first, alone: the search then sees it as measured and never asks for it again.
-    if plan.default_feasible and plan.spec.default not in plan.trials:
-        if run.out_of_budget():
-            return False
-        submit(plan.spec.default)
-        finish(_await_one(pool))
-
-    search = search_for(plan)
-    in_flight: dict[int, Config] = {}
-    exhausted = False
-    while True:
-        while pool.idle and not exhausted and not run.out_of_budget():
-            batch = search.ask(pool.idle)
-            if not batch:
-                exhausted = not in_flight
-                break
-            for config in batch:
-                in_flight[submit(config)] = config
-        if not in_flight:
-            return exhausted  # else the budget ran out before the search did
-        for result in pool.collect(timeout_s=1.0):
-            config = in_flight.pop(result.task.task_id)
-            finish(result)
-            search.tell(
-                config, result.measurement.median_ms if result.measurement.status == TrialStatus.OK else None
-            )
-
-
 def _needs_pick(run: _Run, plan: _Plan) -> bool:
-    """A problem whose winner is missing or out of date (trials were added since it was picked)."""
+    """A problem whose winner is missing or out of date: trials were added since it was picked (by this
+    run, or by a process that died before its pick, which `plan.stale_pick` records)."""
     assert plan.problem is not None
     has_ok = any(t.status == TrialStatus.OK for t in plan.trials.values())
-    return has_ok and (plan.new_trials > 0 or run.storage.winner(plan.problem.id) is None)
+    return has_ok and (plan.new_trials > 0 or plan.stale_pick or run.storage.winner(plan.problem.id) is None)
 
 
-def _pick_winner(run: _Run, pool: WorkerPool, plan: _Plan, index: int, top_k: int) -> None:
-    """Re-time the top candidates and the default interleaved; store the winner (none if no trial is ok)."""
-    assert plan.problem is not None
-    ok = sorted(
-        (t for t in plan.trials.values() if t.status == TrialStatus.OK and t.median_ms is not None),
-        key=lambda t: (t.median_ms, t.id),
+def _has_work(run: _Run, plan: _Plan, strategy: str, settings: Mapping[str, Any]) -> bool:
+    return bool(
+        _unrecorded_infeasible(run, plan)
+        or _planned_trials(plan, strategy, settings)
+        or _needs_pick(run, plan)
     )
-    if not ok or not _needs_pick(run, plan):
-        return  # nothing correct, or picked by an earlier run from the same trials
-    top = ok[:top_k]
-    default_trial = plan.trials.get(plan.spec.default)
-    default_ok = default_trial is not None and default_trial.status == TrialStatus.OK
-    retimed = top + ([default_trial] if default_ok and default_trial not in top else [])
-    times = {t.id: t.median_ms for t in retimed}
-    if len(retimed) > 1:
-        run.report("pick", index, f"{plan.label}: re-timing {len(retimed)} configs interleaved")
-        pool.submit(
-            RetimeTask(next(run.task_ids), plan.spec.name, plan.key, tuple(t.config for t in retimed))
+
+
+@dataclass
+class _Active:
+    """A problem this process holds a claim on, and where its measurement stands."""
+
+    plan: _Plan
+    index: int  # 1-based position among the plans, for the progress line
+    stage: str = "default"  # "default" (measured first, alone), "search", "pick"
+    search: Search | None = None
+    in_flight: dict[int, Config | None] = field(default_factory=dict)  # task id -> config (None: re-timing)
+    top: tuple[TrialModel, ...] = ()  # the candidates for the win, once the search is over
+    retimed: tuple[TrialModel, ...] | None = None  # the top and the default, once their re-timing is sent
+
+    @property
+    def problem_id(self) -> int:
+        assert self.plan.problem is not None
+        return self.plan.problem.id
+
+
+class _ClaimLost(Exception):
+    """Another process measured a trial of a problem this one held: its claim had lapsed."""
+
+
+class _Scheduler:
+    """Keeps every worker busy until no problem of the sweep is left, on this host or with others.
+
+    Problems are claimed one at a time from the database (see Storage.claim_problem), and a worker
+    stays with the problem it claimed (its inputs, reference and compiled kernels stay warm on that
+    GPU) from the default config through the search to the re-timed pick. A worker whose problem has
+    nothing to hand out (its default is in flight, or its last trials are) claims the next problem;
+    when no problem is left to claim, idle workers help the problems still in progress, so no GPU idles
+    while work remains. Claims are kept alive by a heartbeat every quarter of the grace period.
+    """
+
+    def __init__(
+        self,
+        run: _Run,
+        pool: WorkerPool,
+        candidates: set[int],
+        search_for: Callable[[_Plan], Search],
+        strategy: str,
+        settings: Mapping[str, Any],
+        grace_s: float,
+        top_k: int,
+    ) -> None:
+        self.run = run
+        self.pool = pool
+        self.candidates = candidates  # problem ids this process may still have work on
+        self.search_for = search_for
+        self.strategy = strategy
+        self.settings = settings
+        self.grace_s = grace_s
+        self.top_k = top_k
+        self.plan_by_id = {p.problem.id: (i, p) for i, p in enumerate(run.plans, 1) if p.problem}
+        self.active: dict[int, _Active] = {}
+        self.home: dict[int, int] = {}  # worker index -> the problem it claimed
+        self.task_owner: dict[int, int] = {}  # task id -> problem id
+        self.last_heartbeat = time.monotonic()
+        self.nothing_to_claim_until = 0.0  # no claimable problem: ask the database again after this
+
+    # Claims ----------------------------------------------------------------------------------------
+    def _heartbeat_if_due(self) -> None:
+        if time.monotonic() - self.last_heartbeat < self.grace_s / 4 or not self.active:
+            self.last_heartbeat = time.monotonic()
+            return
+        self.last_heartbeat = time.monotonic()
+        held = self.run.storage.heartbeat(self.run.claimant, list(self.active))
+        for problem_id in set(self.active) - held:
+            self._abandon(problem_id)
+
+    def _abandon(self, problem_id: int) -> None:
+        """Drop a problem whose claim another process took over; its tasks in flight are discarded."""
+        self.active.pop(problem_id, None)
+        self.home = {w: p for w, p in self.home.items() if p != problem_id}
+
+    def _claim(self) -> _Active | None:
+        """Claim the next problem with work left, with its trials as the database has them now."""
+        run = self.run
+        while self.candidates and not run.out_of_budget() and time.monotonic() >= self.nothing_to_claim_until:
+            free = self.candidates - set(self.active)
+            claim = run.storage.claim_problem(run.sweep_id, free, run.claimant, self.grace_s)
+            if claim is None:
+                claim = self._claim_done(free)
+            if claim is None:
+                # Everything left is held by live processes; one may die, so look again soon.
+                self.nothing_to_claim_until = time.monotonic() + min(1.0, self.grace_s / 4)
+                return None
+            index, plan = self.plan_by_id[claim.problem_id]
+            self._reload(plan)
+            plan.stale_pick = plan.stale_pick or claim.taken_over_from is not None
+            for config in _unrecorded_infeasible(run, plan):
+                _record_infeasible(run, plan, config)
+            _refresh_feasible(run, plan)
+            if not _has_work(run, plan, self.strategy, self.settings):
+                self._finish(plan)
+                continue
+            active = _Active(plan, index)
+            self.active[claim.problem_id] = active
+            if not (plan.default_feasible and plan.spec.default not in plan.trials):
+                active.stage = "search"
+                active.search = self.search_for(plan)
+            return active
+        return None
+
+    def _claim_done(self, free: set[int]) -> Claim | None:
+        """Of the problems other processes finished, drop those with nothing left for this run (read
+        without claiming them: who finished a problem stays on record) and claim one that has (this
+        run's TPE budget may be larger than theirs)."""
+        storage = self.run.storage
+        reopen = set()
+        for problem_id in storage.done_problem_ids(self.run.sweep_id, free):
+            plan = self.plan_by_id[problem_id][1]
+            self._reload(plan)
+            _refresh_feasible(self.run, plan)
+            if _has_work(self.run, plan, self.strategy, self.settings):
+                reopen.add(problem_id)
+            else:
+                plan.complete = True
+                self.candidates.discard(problem_id)
+        if not reopen:
+            return None
+        return storage.claim_problem(
+            self.run.sweep_id, reopen, self.run.claimant, self.grace_s, include_done=True
         )
-        result = _await_one(pool)
-        if result.retimed_ms is not None:
-            times = {t.id: ms for t, ms in zip(retimed, result.retimed_ms, strict=True)}
-            run.storage.set_retimed(times)
+
+    def _reload(self, plan: _Plan) -> None:
+        assert plan.problem is not None
+        plan.trials = {t.config: t for t in self.run.storage.trials(plan.problem.id)}
+
+    def _finish(self, plan: _Plan) -> None:
+        assert plan.problem is not None
+        self.run.storage.finish_problem(self.run.claimant, plan.problem.id)
+        plan.complete = True
+        self.candidates.discard(plan.problem.id)
+        self._abandon(plan.problem.id)
+
+    def release(self) -> None:
+        """Give back what this process holds and has not finished (Ctrl-C, budget, an error)."""
+        if self.active:
+            self.run.storage.release_claims(self.run.claimant, list(self.active))
+            self.active.clear()
+
+    # Tasks -----------------------------------------------------------------------------------------
+    def _next_task(self, active: _Active) -> TrialTask | RetimeTask | None:
+        plan, run = active.plan, self.run
+        if active.stage == "default":
+            if active.in_flight or run.out_of_budget():
+                return None  # the default is measured alone: the search then knows its time
+            return self._trial_task(active, plan.spec.default)
+        if active.stage == "search":
+            assert active.search is not None
+            batch = [] if run.out_of_budget() else active.search.ask(1)
+            if batch:
+                return self._trial_task(active, batch[0])
+            if active.in_flight or run.out_of_budget():
+                return None
+            active.stage = "pick"
+        if active.stage == "pick" and active.retimed is None:
+            return self._pick(active)
+        return None
+
+    def _trial_task(self, active: _Active, config: Config) -> TrialTask:
+        task = TrialTask(
+            next(self.run.task_ids), active.plan.spec.name, active.plan.key, config, TRIAL_BUDGET_MS
+        )
+        active.in_flight[task.task_id] = config
+        return task
+
+    def _pick(self, active: _Active) -> RetimeTask | None:
+        """The interleaved re-timing of the top candidates and the default; None when the pick needs no
+        worker (nothing correct, picked before from the same trials, or one candidate), and then the
+        problem is finished here."""
+        plan = active.plan
+        plan.complete = True  # searched to the end
+        ok = sorted(
+            (t for t in plan.trials.values() if t.status == TrialStatus.OK and t.median_ms is not None),
+            key=lambda t: (t.median_ms, t.id),
+        )
+        if not ok or not _needs_pick(self.run, plan):
+            self._finish(plan)
+            return None
+        active.top = tuple(ok[: self.top_k])
+        default_trial = plan.trials.get(plan.spec.default)
+        default_ok = default_trial is not None and default_trial.status == TrialStatus.OK
+        extra = (default_trial,) if default_ok and default_trial not in active.top else ()
+        active.retimed = active.top + extra
+        if len(active.retimed) == 1:
+            self._store_winner(active, None)
+            return None
+        self.run.report(
+            "pick", active.index, f"{plan.label}: re-timing {len(active.retimed)} configs interleaved"
+        )
+        configs = tuple(t.config for t in active.retimed)
+        task = RetimeTask(next(self.run.task_ids), plan.spec.name, plan.key, configs)
+        active.in_flight[task.task_id] = None
+        return task
+
+    def _store_winner(self, active: _Active, retimed_ms: tuple[float, ...] | None) -> None:
+        """The fastest of the top candidates by the re-timing wins; the default's re-timed time is kept
+        beside it."""
+        plan, storage = active.plan, self.run.storage
+        assert plan.problem is not None and active.retimed is not None
+        times = {t.id: t.median_ms for t in active.retimed}
+        if retimed_ms is not None:
+            times = {t.id: ms for t, ms in zip(active.retimed, retimed_ms, strict=True)}
+            storage.set_retimed(times)
         # A failed re-timing (a worker that died on a config that passed before) keeps the medians.
-    winner = min(top, key=lambda t: (times[t.id], t.id))
-    default_ms = times.get(default_trial.id) if default_ok and default_trial is not None else None
-    run.storage.set_winner(plan.problem.id, winner.id, times[winner.id], default_ms)
+        winner = min(active.top, key=lambda t: (times[t.id], t.id))
+        default_trial = plan.trials.get(plan.spec.default)
+        default_ok = default_trial is not None and default_trial.status == TrialStatus.OK
+        default_ms = times.get(default_trial.id) if default_ok and default_trial is not None else None
+        storage.set_winner(plan.problem.id, winner.id, times[winner.id], default_ms)
+        self._finish(plan)
+
+    def _fill(self) -> None:
+        """Hand a task to every idle worker that can have one."""
+        for worker in self.pool.idle_workers:
+            task = None
+            home = self.active.get(self.home.get(worker, -1))
+            if home is not None:
+                task = self._next_task(home)
+            while task is None and (claimed := self._claim()) is not None:
+                self.home[worker] = claimed.problem_id
+                task = self._next_task(claimed)
+            if task is None:  # nothing left to claim: help the problems in progress, least served first
+                for active in sorted(self.active.values(), key=lambda a: len(a.in_flight)):
+                    if (task := self._next_task(active)) is not None:
+                        break
+            if task is None:
+                continue
+            owner = next(a for a in self.active.values() if task.task_id in a.in_flight)
+            self.task_owner[task.task_id] = owner.problem_id
+            self.pool.submit(task, worker)
+
+    def _on_result(self, result: TaskResult) -> None:
+        problem_id = self.task_owner.pop(result.task.task_id)
+        active = self.active.get(problem_id)
+        if active is None:
+            return  # the problem was abandoned (its claim lapsed) while this ran
+        active.in_flight.pop(result.task.task_id)
+        if isinstance(result.task, RetimeTask):
+            self._store_winner(active, result.retimed_ms)
+            return
+        assert result.measurement is not None
+        worker = f"{self.run.claimant}/{self.pool.label(result.worker_index)}"
+        try:
+            self.run.record(active.plan, result.task.config, result.measurement, worker)
+        except DuplicateTrialError:
+            self._abandon(problem_id)
+            return
+        self.run.measured_this_run += 1
+        self.run.report("measure", active.index, active.plan.label)
+        if active.stage == "default":
+            active.stage = "search"
+            active.search = self.search_for(active.plan)
+        else:
+            assert active.search is not None
+            status = result.measurement.status
+            active.search.tell(
+                result.task.config, result.measurement.median_ms if status == TrialStatus.OK else None
+            )
+
+    def run_until_done(self) -> None:
+        """Measure until every candidate problem is done (here or elsewhere) or the budget runs out."""
+        try:
+            while True:
+                self._heartbeat_if_due()
+                self._fill()
+                if self.pool.busy == 0:
+                    if not self.candidates:
+                        return
+                    if self.run.out_of_budget():
+                        self.run.stopped = "budget"
+                        return
+                    # Every problem left is held by another live process: wait for it to finish (or
+                    # to die, and its claims to lapse).
+                    time.sleep(max(0.0, min(1.0, self.nothing_to_claim_until - time.monotonic())))
+                    continue
+                for result in self.pool.collect(timeout_s=1.0):
+                    self._on_result(result)
+        finally:
+            self.release()
 
 
 def run_sweep(
@@ -454,15 +724,18 @@ def run_sweep(
     top_k: int = TOP_CANDIDATES,
     command: str = "",
     compile_processes: int | None = None,
+    claim_grace_s: float = DEFAULT_CLAIM_GRACE_S,
 ) -> SweepSummary:
     """Sweep `kernels` (default: all) over `workloads` or a preset (default "default", under the
-    interpreter "smoke") for `target`.
+    interpreter "smoke") for `target`, on `workers` worker processes (default: one per visible GPU).
 
     `trials` is the TPE budget per problem (an error with the grid, which measures every candidate);
     `budget_s` stops asking for new trials once that much wall time has passed (the sweep is then
     "interrupted": the same command continues it). Ctrl-C stops as cleanly: finished trials stay, those
-    in flight are dropped and measured again next time. Raises ValueError for bad arguments,
-    GpuMismatchError when `target` is not the GPU present, StorageError for database failures.
+    in flight are dropped and measured again next time. Any number of processes may run the same sweep
+    on one database (PostgreSQL, for several hosts): they share its problems, and a problem whose
+    process stopped heart-beating for `claim_grace_s` seconds is taken over. Raises ValueError for bad
+    arguments, GpuMismatchError when `target` is not the GPU present, StorageError for database failures.
     """
     started = time.monotonic()
     if workloads is not None and preset is not None:
@@ -486,8 +759,13 @@ def run_sweep(
         raise ValueError(f"budget: must be positive, got {budget_s} s")
     if workers is not None and workers < 1:
         raise ValueError(f"workers: must be at least 1, got {workers}")
+    if not claim_grace_s > 0:
+        raise ValueError(f"claim_grace: must be positive, got {claim_grace_s} s")
 
     gpu_target, gpu_name = resolve_target(target, interpret)
+    worker_count = workers or default_worker_count(interpret)
+    if not interpret:
+        _check_gpus(worker_count, gpu_name)
     extra_paths = extra_spec_paths(extra_specs)
     plans = plan_problems(_select_specs(kernels, extra_paths), workloads)
     if not plans:
@@ -506,7 +784,7 @@ def run_sweep(
         **_versions(),
     )
     deadline = None if budget_s is None else started + budget_s
-    run = _Run(storage, sweep.id, plans, progress, deadline)
+    run = _Run(storage, sweep.id, plans, progress, deadline, claimant_name(secrets.token_hex(3)))
     for plan in plans:
         plan.problem = storage.ensure_problem(
             sweep.id, plan.spec.name, plan.key, plan.spec.source_hash(), plan.spec.default
@@ -517,34 +795,37 @@ def run_sweep(
     def search_for(plan: _Plan) -> Search:
         assert plan.problem is not None
         name = f"gdn-tune/sweep{sweep.id}/{plan.spec.name}/{key_to_json(plan.key)}"
-        return search_strategy.begin(Problem(name, tuple(plan.feasible), _measured_times(plan), db_url))
+        problem = Problem(name, tuple(plan.feasible), _measured_times(plan), storage.full_url)
+        return search_strategy.begin(problem)
 
-    worker_count = workers or default_worker_count(interpret)
+    settings = search_strategy.settings
     compile_jobs, compile_wall, measure_wall, replaced = 0, 0.0, 0.0, 0
     status = SweepStatus.FINISHED
+    others_at_work = False
     try:
         compile_started = time.monotonic()
         compile_jobs = _compile_phase(run, gpu_target, extra_paths, compile_processes)
         compile_wall = time.monotonic() - compile_started
-        run.planned = sum(run.counts.values()) + sum(
-            _planned_trials(p, strategy, search_strategy.settings) for p in plans
+        candidates = {
+            p.problem.id for p in plans if p.problem is not None and _has_work(run, p, strategy, settings)
+        }
+        for plan in plans:
+            plan.complete = plan.problem is not None and plan.problem.id not in candidates
+        run.planned = sum(run.counts.values()) + sum(  # infeasible ones are recorded while compiling
+            len(_unrecorded_infeasible(run, p)) + _planned_trials(p, strategy, settings)
+            for p in plans
+            if p.problem is not None and p.problem.id in candidates
         )
-        needs_workers = run.planned > sum(run.counts.values()) or any(_needs_pick(run, p) for p in plans)
         run.measure_started = time.monotonic()
-        if needs_workers and not run.out_of_budget():
+        if candidates and not run.out_of_budget():
             with WorkerPool(worker_count, interpret, extra_paths, trial_timeout_s) as pool:
-                for index, plan in enumerate(plans, 1):
-                    plan.complete = _measure_problem(run, pool, plan, index, search_for)
-                    if not plan.complete:
-                        run.stopped = "budget"
-                        break
-                    _pick_winner(run, pool, plan, index, top_k)
+                scheduler = _Scheduler(
+                    run, pool, candidates, search_for, strategy, settings, claim_grace_s, top_k
+                )
+                scheduler.run_until_done()
                 replaced = pool.replaced
-        elif needs_workers:
+        elif candidates:
             run.stopped = "budget"
-        else:
-            for plan in plans:
-                plan.complete = True
         measure_wall = time.monotonic() - run.measure_started
     except KeyboardInterrupt:
         run.stopped = "interrupted"
@@ -555,7 +836,17 @@ def run_sweep(
         status = SweepStatus.INTERRUPTED
         if run.measure_started is not None:
             measure_wall = time.monotonic() - run.measure_started
-    storage.close_sweep(sweep.id, status)
+        # Other processes still measuring this sweep will close it when they finish.
+        ids = [p.problem.id for p in plans if p.problem is not None]
+        others_at_work = storage.held_by_others(sweep.id, ids, run.claimant, claim_grace_s) > 0
+    if not others_at_work:
+        storage.close_sweep(sweep.id, status)
+    fresh = {p.id: p for p in storage.problems(sweep.id)}
+    for plan in plans:
+        assert plan.problem is not None
+        if fresh[plan.problem.id].done_at is not None and not plan.complete:
+            plan.complete = True  # finished by another process
+            plan.trials = {t.config: t for t in storage.trials(plan.problem.id)}
     winners = sum(storage.winner(p.problem.id) is not None for p in plans if p.problem is not None)
     summary = SweepSummary(
         sweep_id=sweep.id,
@@ -582,6 +873,27 @@ def run_sweep(
         workers=worker_count,
         workers_replaced=replaced,
         stopped=run.stopped,
+        claimant=run.claimant,
     )
     storage.dispose()
     return summary
+
+
+def _check_gpus(worker_count: int, gpu_name: str) -> None:
+    """One worker per GPU, every GPU the same model: two trials timed on one GPU at once slow each
+    other, and a pick compares times that must come from alike GPUs."""
+    import torch
+
+    visible = torch.cuda.device_count()
+    if worker_count > visible:
+        raise ValueError(
+            f"workers: {worker_count} workers but {visible} GPU(s) visible; a worker needs a GPU of its "
+            "own (two trials timed on one GPU at once slow each other)"
+        )
+    names = [torch.cuda.get_device_name(i) for i in range(worker_count)]
+    others = sorted({n for n in names if n != gpu_name})
+    if others:
+        raise GpuMismatchError(
+            f"the GPUs of this host differ: {gpu_name} and {', '.join(others)}; choose alike ones with "
+            "CUDA_VISIBLE_DEVICES (a pick compares times across the workers' GPUs)"
+        )

@@ -12,6 +12,7 @@ the database, so SQLite never reports "database is locked".
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -65,6 +66,7 @@ class TaskResult:
     retimed_ms: tuple[float, ...] | None = None  # of a RetimeTask, in the order of its configs
     worker_replaced: bool = False  # the worker died or hung on this task
     worker_exits: bool = False  # the worker ends itself after sending this (its CUDA context is unusable)
+    worker_index: int = -1  # the worker that ran it (or died or hung on it); set by the pool
 
 
 def _short_traceback(error: BaseException, limit: int = 2000) -> str:
@@ -125,6 +127,7 @@ def _serve(conn: Connection, extra_spec_paths: tuple[str, ...], device_name: str
 class _Worker:
     index: int
     device: str
+    label: str  # which GPU (or CPU slot under the interpreter) it measures on, for the trial's record
     process: Any
     conn: Connection
     task: Task | None = None
@@ -163,6 +166,16 @@ class WorkerPool:
                 worker.process.kill()
             raise
 
+    def _gpu(self, index: int) -> str:
+        # Each worker sees only its own GPU, as cuda:0: the index-th of those this process may use.
+        visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        return visible[index] if index < len(visible) else str(index)
+
+    def label(self, index: int) -> str:
+        """What worker `index` measures on: "gpu<N>" (N as the host numbers it), "cpu<index>" under the
+        interpreter (a pseudo-device: every CPU worker shares the same cores)."""
+        return f"cpu{index}" if self.interpret else f"gpu{self._gpu(index)}"
+
     def _spawn(self, index: int) -> _Worker:
         device = "cpu" if self.interpret else "cuda:0"
         parent_conn, child_conn = self._context.Pipe()
@@ -172,17 +185,14 @@ class WorkerPool:
             name=f"gdn-tune-worker-{index}",
             daemon=True,
         )
-        # Each worker sees only its own GPU, as cuda:0 (the index-th of those this process may use);
-        # under the interpreter it sees none.
-        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-        gpu = visible[index] if index < len(visible) else str(index)
+        # Under the interpreter a worker sees no GPU at all.
         with child_environment(
             TRITON_INTERPRET="1" if self.interpret else None,
-            CUDA_VISIBLE_DEVICES="" if self.interpret else gpu,
+            CUDA_VISIBLE_DEVICES="" if self.interpret else self._gpu(index),
         ):
             process.start()
         child_conn.close()
-        return _Worker(index, device, process, parent_conn)
+        return _Worker(index, device, self.label(index), process, parent_conn)
 
     def _await_ready(self, worker: _Worker) -> None:
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
@@ -221,16 +231,26 @@ class WorkerPool:
         return sum(w.task is None for w in self._workers)
 
     @property
+    def idle_workers(self) -> list[int]:
+        """Indices of the workers waiting for a task."""
+        return [w.index for w in self._workers if w.task is None]
+
+    @property
     def busy(self) -> int:
         return self.size - self.idle
 
-    def submit(self, task: Task) -> None:
-        worker = next((w for w in self._workers if w.task is None), None)
-        if worker is None:
-            raise RuntimeError("no idle worker")
+    def submit(self, task: Task, worker_index: int | None = None) -> int:
+        """Hand `task` to worker `worker_index` (default: the first idle one); returns its index."""
+        idle = [w for w in self._workers if w.task is None]
+        if worker_index is not None:
+            idle = [w for w in idle if w.index == worker_index]
+        if not idle:
+            raise RuntimeError("no idle worker" if worker_index is None else f"worker {worker_index} is busy")
+        worker = idle[0]
         worker.task = task
         worker.started = time.monotonic()
         worker.conn.send(task)
+        return worker.index
 
     def collect(self, timeout_s: float = 1.0) -> list[TaskResult]:
         """Results that arrived within `timeout_s`, including trials of workers that died or hung."""
@@ -250,15 +270,20 @@ class WorkerPool:
                 worker.task = None
                 if result is None:  # the process ended without answering
                     worker.process.join(timeout=5)
-                    result = TaskResult(task, self._died(worker), worker_replaced=True)
+                    result = TaskResult(task, self._died(worker), worker_replaced=True)  # index set below
                     self._replace(worker)
                 elif result.worker_exits:
                     self._replace(worker)
-                results.append(result)
+                results.append(dataclasses.replace(result, worker_index=worker.index))
             elif time.monotonic() - worker.started > self.trial_timeout_s:
                 timeout = f"worker still busy after {self.trial_timeout_s:g} s; killed"
                 results.append(
-                    TaskResult(task, Measurement(TrialStatus.TIMEOUT, error=timeout), worker_replaced=True)
+                    TaskResult(
+                        task,
+                        Measurement(TrialStatus.TIMEOUT, error=timeout),
+                        worker_replaced=True,
+                        worker_index=worker.index,
+                    )
                 )
                 worker.task = None
                 self._replace(worker)

@@ -136,8 +136,11 @@ class TpeStrategy(Strategy):
         if url is None or url in ("sqlite://", "sqlite:///:memory:"):
             return None  # Optuna's in-memory storage: a separate in-memory SQLite would be empty
         if url not in self._storages:
+            from gdn_tune.migrations import optuna_schema_lock
+
             engine_kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
-            self._storages[url] = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            with optuna_schema_lock(url):  # sweep processes on one PostgreSQL database start together
+                self._storages[url] = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         return self._storages[url]
 
     def begin(self, problem: Problem) -> Search:
