@@ -133,8 +133,7 @@ def chunk_gated_delta_rule(
     chunk_indices = chunk_offsets = None
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32)  # a no-op for int32; kernels index with int32
-        chunk_offsets = _varlen.chunk_offsets(cu_seqlens, CHUNK_SIZE)
-        chunk_indices = _varlen.chunk_indices(cu_seqlens, T, CHUNK_SIZE)
+        chunk_offsets, chunk_indices = _varlen.chunk_bookkeeping(cu_seqlens, T, CHUNK_SIZE)
     if use_qk_l2norm_in_kernel:
         q, k = l2norm(q), l2norm(k)
 

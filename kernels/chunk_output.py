@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from . import _varlen
-from ._launch import launch
+from ._launch import cdiv, launch
 from ._spec import (
     CHUNK_SIZE,
     Config,
@@ -144,8 +144,18 @@ def _chunk_output_kernel(
     tl.store(p_o, _rounded(b_o, o.dtype.element_ty, INTERPRETED), boundary_check=(0, 1))
 
 
+_keys: dict[tuple, Key] = {}
+
+
 def _key(dtype: torch.dtype | str, H: int, HV: int, K: int, V: int, tokens: int) -> Key:
-    return SPEC.key(dtype=str(dtype).removeprefix("torch."), H=H, HV=HV, K=K, V=V, T=token_bucket(tokens))
+    # Memoised per bucket: SPEC.key checks its fields (a few µs), and this runs on every forward call.
+    fields = (dtype, H, HV, K, V, token_bucket(tokens))
+    key = _keys.get(fields)
+    if key is None:
+        key = _keys[fields] = SPEC.key(
+            dtype=str(dtype).removeprefix("torch."), H=H, HV=HV, K=K, V=V, T=fields[-1]
+        )
+    return key
 
 
 def _launch_chunk_output(inputs: dict, outputs: dict, config: Config) -> None:
@@ -153,10 +163,10 @@ def _launch_chunk_output(inputs: dict, outputs: dict, config: Config) -> None:
     cu_seqlens, chunk_indices = inputs.get("cu_seqlens"), inputs.get("chunk_indices")
     B, T, H, K = q.shape
     HV, V = v_new.shape[2], v_new.shape[3]
-    chunks = triton.cdiv(T, CHUNK_SIZE) if cu_seqlens is None else chunk_indices.shape[0]
+    chunks = cdiv(T, CHUNK_SIZE) if cu_seqlens is None else chunk_indices.shape[0]
     launch(
         _chunk_output_kernel,
-        (triton.cdiv(V, config["BV"]) * HV, chunks, B),
+        (cdiv(V, config["BV"]) * HV, chunks, B),
         config,
         q=q,
         k=k,

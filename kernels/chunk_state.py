@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import _varlen
-from ._launch import launch
+from ._launch import cdiv, launch
 from ._spec import (
     CHUNK_SIZE,
     Config,
@@ -253,16 +253,18 @@ def _chunk_state_kernel(
         tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
 
 
+_keys: dict[tuple, Key] = {}
+
+
 def _key(dtype: torch.dtype | str, H: int, HV: int, K: int, V: int, tokens: int, sequences: int) -> Key:
-    return SPEC.key(
-        dtype=str(dtype).removeprefix("torch."),
-        H=H,
-        HV=HV,
-        K=K,
-        V=V,
-        T=token_bucket(tokens),
-        N=sequence_bucket(sequences),
-    )
+    # Memoised per bucket: SPEC.key checks its fields (a few µs), and this runs on every forward call.
+    fields = (dtype, H, HV, K, V, token_bucket(tokens), sequence_bucket(sequences))
+    key = _keys.get(fields)
+    if key is None:
+        key = _keys[fields] = SPEC.key(
+            dtype=str(dtype).removeprefix("torch."), H=H, HV=HV, K=K, V=V, T=fields[-2], N=fields[-1]
+        )
+    return key
 
 
 def _launch_chunk_state(inputs: dict, outputs: dict, config: Config) -> None:
@@ -275,7 +277,7 @@ def _launch_chunk_state(inputs: dict, outputs: dict, config: Config) -> None:
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
     launch(
         _chunk_state_kernel,
-        (triton.cdiv(V, config["BV"]), N * HV),
+        (cdiv(V, config["BV"]), N * HV),
         config,
         k=k,
         w=w,
@@ -307,7 +309,7 @@ def _make_outputs(inputs: dict) -> dict[str, torch.Tensor]:
     B, T, _, K = k.shape
     HV, V = u.shape[2], u.shape[3]
     if cu_seqlens is None:
-        N, chunk_rows = B, triton.cdiv(T, CHUNK_SIZE)
+        N, chunk_rows = B, cdiv(T, CHUNK_SIZE)
     else:
         # The exact chunk count lives on the device; reading it would sync, so the public path takes
         # the upper bound. Tuner inputs carry the exact count, made on the host, as "chunks".
@@ -421,7 +423,7 @@ def make_stage_inputs(key: Key, device: torch.device | str, seed: int, sequences
     sequences = max(1, min(sequences, T))
     lengths = _sequence_lengths(T, sequences)
     cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    chunks = sum(triton.cdiv(n, CHUNK_SIZE) for n in lengths)
+    chunks = sum(cdiv(n, CHUNK_SIZE) for n in lengths)
     if torch.device(device).type == "meta":
         empty = lambda *shape, dt=dtype: torch.empty(*shape, dtype=dt, device="meta")
         f32 = torch.float32

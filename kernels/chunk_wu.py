@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from . import _varlen
-from ._launch import launch
+from ._launch import cdiv, launch
 from ._spec import (
     CHUNK_SIZE,
     Config,
@@ -133,8 +133,18 @@ def _chunk_wu_kernel(
         tl.store(p_w, _rounded(b_w, w.dtype.element_ty, INTERPRETED), boundary_check=(0, 1))
 
 
+_keys: dict[tuple, Key] = {}
+
+
 def _key(dtype: torch.dtype | str, H: int, HV: int, K: int, V: int, tokens: int) -> Key:
-    return SPEC.key(dtype=str(dtype).removeprefix("torch."), H=H, HV=HV, K=K, V=V, T=token_bucket(tokens))
+    # Memoised per bucket: SPEC.key checks its fields (a few µs), and this runs on every forward call.
+    fields = (dtype, H, HV, K, V, token_bucket(tokens))
+    key = _keys.get(fields)
+    if key is None:
+        key = _keys[fields] = SPEC.key(
+            dtype=str(dtype).removeprefix("torch."), H=H, HV=HV, K=K, V=V, T=fields[-1]
+        )
+    return key
 
 
 def _launch_chunk_wu(inputs: dict, outputs: dict, config: Config) -> None:
@@ -143,7 +153,7 @@ def _launch_chunk_wu(inputs: dict, outputs: dict, config: Config) -> None:
     B, T, H, K = k.shape
     HV, V = v.shape[2], v.shape[3]
     if cu_seqlens is None:
-        chunks = triton.cdiv(T, CHUNK_SIZE)
+        chunks = cdiv(T, CHUNK_SIZE)
     else:
         if chunk_indices is None:
             chunk_indices = _varlen.chunk_indices(cu_seqlens, T, CHUNK_SIZE)
