@@ -56,9 +56,10 @@ SPACE = SearchSpace(
         ),
     ),
 )
-# FLA's best at dp-8k on an H200. At K = V = 128 it needs 24 KiB of shared memory, far under sm120's
-# 99 KiB, and compiles for sm80 to sm120.
-DEFAULT = Config.of(BK=64, BV=64, num_warps=4, num_stages=3)
+# H200, CUDA-graph median (scripts/try_configs.py): dp-8k 0.276 ms, tp8 0.042 ms, where FLA's best
+# (3 stages) ran 0.317 / 0.047 here; BK 32 ties (0.274 / 0.042), BK 128 0.284 / 0.043, 8 warps and
+# BV 128 or BV 32 are slower. Less shared memory than 3 stages' 24 KiB; compiles for sm80 to sm120.
+DEFAULT = Config.of(BK=64, BV=64, num_warps=4, num_stages=2)
 
 
 @triton.jit
