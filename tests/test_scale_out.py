@@ -317,6 +317,18 @@ def test_two_processes_share_one_sweep_on_postgres(postgres, tmp_path):
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     processes = [_start_sweep(url, log) for log in logs]
     try:
+        # While they run: claims are kept alive (heartbeats, a quarter of the grace period apart).
+        beats: set[int] = set()
+        while any(p.poll() is None for p in processes):
+            time.sleep(0.1)
+            with contextlib.suppress(sa.exc.ProgrammingError):  # no tables yet
+                beats |= {
+                    problem_id
+                    for (problem_id,) in _execute(
+                        url,
+                        "SELECT id FROM tune_problems WHERE done_at IS NULL AND heartbeat_at > claimed_at",
+                    )
+                }
         summaries = [_summary(p, log) for p, log in zip(processes, logs, strict=True)]
     finally:
         for process in processes:
@@ -332,6 +344,7 @@ def test_two_processes_share_one_sweep_on_postgres(postgres, tmp_path):
         owners = {w.rsplit("/", 1)[0] for k, t, *_, w in rows if (k, t) == (kernel, T)}
         assert len(owners) == 1, (kernel, T, owners)
     assert _winners(url) == _expected_winners()
+    assert beats, "no claim was ever refreshed by a heartbeat"
     assert _execute(url, "SELECT COUNT(*) FROM tune_sweeps") == [(1,)]
     assert _execute(url, "SELECT COUNT(*) FROM tune_problems WHERE done_at IS NULL") == [(0,)]
 
@@ -407,3 +420,73 @@ def test_tpe_keeps_its_study_in_the_same_postgres_database(postgres):
     assert len(studies) == 2 and all(
         n.startswith(f"gdn-tune/sweep{summary.sweep_id}/fake_timed_0/") for n in studies
     )
+
+
+def test_status_shows_the_processes_measuring_a_sweep(tmp_path):
+    from click.testing import CliRunner
+
+    from gdn_tune.cli import main
+
+    url = f"sqlite:///{tmp_path / 'status.db'}"
+    storage = Storage(url)
+    sweep_id, (first, second, third) = _sweep_with_problems(storage, 3)
+    storage.claim_problem(sweep_id, [first], "hostA:11:aa", GRACE_S)
+    storage.claim_problem(sweep_id, [second], "hostB:22:bb", GRACE_S)
+    storage.claim_problem(sweep_id, [third], "hostB:22:bb", GRACE_S)
+    storage.finish_problem("hostA:11:aa", first)
+
+    result = CliRunner().invoke(main, ["status", "--db", url, "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["problems_done"] == 1
+    ((claim),) = row["claims"]  # hostA finished its problem: only hostB is measuring
+    assert (claim["claimant"], claim["problems"]) == ("hostB:22:bb", 2) and 0 <= claim["heartbeat_age_s"] < 60
+    text = CliRunner().invoke(main, ["status", "--db", url])
+    assert "measuring: hostB:22:bb, 2 problem(s), last heartbeat" in text.output, text.output
+
+
+@pytest.mark.parametrize(
+    "gpus, workers, message",
+    [
+        (["NVIDIA H200"] * 2, 3, r"3 workers but 2 GPU\(s\) visible"),
+        (["NVIDIA H200", "NVIDIA H100 80GB HBM3"], 2, "the GPUs of this host differ"),
+    ],
+    ids=["more-workers-than-gpus", "mixed-gpus"],
+)
+def test_gpu_workers_need_one_gpu_each_of_one_model(monkeypatch, gpus, workers, message):
+    import torch
+
+    from gdn_tune.sweep import _check_gpus
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: gpus[i])
+    with pytest.raises(ValueError, match=message):
+        _check_gpus(workers, gpus[0])
+    _check_gpus(1, gpus[0])  # one worker on the first GPU is fine
+
+
+# On the GPU host (skipped here) ------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_every_visible_gpu_gets_a_worker_and_the_problems_are_shared(tmp_path):
+    """`--workers auto` on real shapes: one worker per visible GPU, each measuring (run with 2+ GPUs
+    visible; prints trials per minute for the scaling figures, which the lead records)."""
+    import torch
+
+    from gdn_kernels import Workload
+
+    url = f"sqlite:///{tmp_path / 'gpus.db'}"
+    workloads = [Workload(h, 4 * h, 128, 128, tokens=t) for h in (2, 4, 8, 16) for t in (1024, 8192)]
+    summary = run_sweep("auto", workloads=workloads, kernels=["gdn_gating"], db_url=url)
+    print(json.dumps(summary.as_dict(), indent=2))
+    gpus = torch.cuda.device_count()
+    assert summary.workers == gpus and summary.status == "finished"
+    assert summary.winners == summary.problems == len(workloads)
+    rows = _execute(
+        url,
+        "SELECT worker, COUNT(*), COUNT(DISTINCT problem_id || config_json) FROM tune_trials GROUP BY worker",
+    )
+    measured_on = {worker.rsplit("/", 1)[1] for worker, _, _ in rows if not worker.endswith("/compile")}
+    assert len(measured_on) == min(gpus, len(workloads)), measured_on
+    assert all(count == distinct for _, count, distinct in rows)

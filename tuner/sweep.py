@@ -440,10 +440,6 @@ class _Active:
         return self.plan.problem.id
 
 
-class _ClaimLost(Exception):
-    """Another process measured a trial of a problem this one held: its claim had lapsed."""
-
-
 class _Scheduler:
     """Keeps every worker busy until no problem of the sweep is left, on this host or with others.
 
@@ -482,9 +478,13 @@ class _Scheduler:
         self.nothing_to_claim_until = 0.0  # no claimable problem: ask the database again after this
 
     # Claims ----------------------------------------------------------------------------------------
+    @property
+    def heartbeat_interval_s(self) -> float:
+        # Four heartbeats per grace period: one late or lost beat never makes a live claim look dead.
+        return self.grace_s / 4
+
     def _heartbeat_if_due(self) -> None:
-        if time.monotonic() - self.last_heartbeat < self.grace_s / 4 or not self.active:
-            self.last_heartbeat = time.monotonic()
+        if not self.active or time.monotonic() - self.last_heartbeat < self.heartbeat_interval_s:
             return
         self.last_heartbeat = time.monotonic()
         held = self.run.storage.heartbeat(self.run.claimant, list(self.active))
@@ -699,7 +699,7 @@ class _Scheduler:
                     # to die, and its claims to lapse).
                     time.sleep(max(0.0, min(1.0, self.nothing_to_claim_until - time.monotonic())))
                     continue
-                for result in self.pool.collect(timeout_s=1.0):
+                for result in self.pool.collect(timeout_s=min(1.0, self.heartbeat_interval_s)):
                     self._on_result(result)
         finally:
             self.release()
