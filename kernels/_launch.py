@@ -16,6 +16,7 @@ Launch hooks (Triton's profiler) and the interpreter always take Triton's own pa
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -150,9 +151,10 @@ class _LaunchPlan:
 _plans: dict[Any, _LaunchPlan] = {}
 
 # The direct path calls Triton internals (the binder's C++ specialisation, the launcher's argument
-# order), verified on 3.6 only; other versions always launch through `kernel[grid]`.
+# order), verified on 3.6 only; other versions always launch through `kernel[grid]`, and so does
+# every launch with GDN_KERNELS_DIRECT_LAUNCH=0 (to rule the direct path out when debugging).
 _specialise = None
-if triton.__version__.startswith("3.6."):
+if triton.__version__.startswith("3.6.") and os.environ.get("GDN_KERNELS_DIRECT_LAUNCH", "1") != "0":
     from triton._C.libtriton import native_specialize_impl as _specialise
 
 # torch.cuda.current_device() without its lazy-init check (CUDA is up once a kernel has launched).

@@ -135,6 +135,55 @@ def decode_pieces(decode: dict) -> list[str]:
     return [f"  {name:<36} {best_us(fn):7.2f} us" for name, fn in pieces.items()]
 
 
+def prefill_pieces(tokens: int = 64) -> list[str]:
+    """Host µs of each step of a prefill call at tp8 heads (H 2, HV 8) on `tokens` tokens: few enough
+    that the GPU keeps up with back-to-back calls, so the loops time the host alone."""
+    from gdn_kernels import _launch, _varlen, chunk, chunk_kkt_solve, chunk_output, chunk_state, chunk_wu
+
+    x = prefill_inputs(2, 8, [tokens])
+    q, k, v, g, beta, cu = (x[n] for n in ("q", "k", "v", "g", "beta", "cu_seqlens"))
+    modules = (_varlen, chunk_kkt_solve, chunk_wu, chunk_state, chunk_output)
+    captured: list[tuple] = []
+    real_launch = _launch.launch
+
+    def capture(kernel, grid, config, **args):
+        captured.append((kernel, grid, config, args))
+        real_launch(kernel, grid, config, **args)
+
+    for module in modules:
+        module.launch = capture
+    chunk.chunk_gated_delta_rule(**x)
+    for module in modules:
+        module.launch = real_launch
+    offsets, indices = _varlen.chunk_bookkeeping(cu, tokens, 64)
+    gc, Ai = chunk_kkt_solve.chunk_kkt_solve(k, g, beta, cu_seqlens=cu, chunk_indices=indices)
+    w, u = chunk_wu.chunk_wu(k, v, beta, gc, Ai, cu_seqlens=cu, chunk_indices=indices)
+    h, v_new, _ = chunk_state.chunk_state(k, w, u, gc, x["initial_state"], True, cu, offsets)
+    pieces = {
+        "public call": lambda: chunk.chunk_gated_delta_rule(**x),
+        "chunk._check_arguments": lambda: chunk._check_arguments(q, k, v, g, beta, x["initial_state"], cu),
+        "torch.empty [1,T,8,128] bf16": lambda: torch.empty(
+            (1, tokens, 8, 128), dtype=q.dtype, device=q.device
+        ),
+        "q.contiguous() (contiguous)": lambda: q.contiguous(),
+        "_varlen.chunk_bookkeeping": lambda: _varlen.chunk_bookkeeping(cu, tokens, 64),
+        "chunk_kkt_solve()": lambda: chunk_kkt_solve.chunk_kkt_solve(
+            k, g, beta, cu_seqlens=cu, chunk_indices=indices
+        ),
+        "chunk_wu()": lambda: chunk_wu.chunk_wu(k, v, beta, gc, Ai, cu_seqlens=cu, chunk_indices=indices),
+        "chunk_state()": lambda: chunk_state.chunk_state(k, w, u, gc, x["initial_state"], True, cu, offsets),
+        "chunk_output()": lambda: chunk_output.chunk_output(
+            q, k, v_new, h, gc, 0.1, cu_seqlens=cu, chunk_indices=indices
+        ),
+    }
+    for kernel, grid, config, args in captured:
+        name = getattr(kernel, "__name__", str(kernel))
+        pieces[f"launch {name}"] = lambda kernel=kernel, grid=grid, config=config, args=args: _launch.launch(
+            kernel, grid, config, **args
+        )
+    return [f"  {name:<36} {best_us(fn, reps=300):7.2f} us" for name, fn in pieces.items()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
@@ -168,6 +217,8 @@ def main() -> int:
             summary += [
                 "decode N1-HV64, host time of each step (best of 5 × 2000 calls):",
                 *decode_pieces(decode),
+                "prefill tp8 heads, T 64, host time of each step (best of 5 × 300 calls):",
+                *prefill_pieces(),
             ]
             print("\n".join(summary), flush=True)
         for name, (fn, calls) in cases.items():
