@@ -27,13 +27,15 @@ def max_chunks(T: int, sequences: int, chunk_size: int) -> int:
     return T // chunk_size + sequences
 
 
-@triton.jit
+# One binary for every N and T: specialising them (N == 1 as a constexpr, divisibility by 16) buys
+# nothing here and would make each class a separate compile for `gdn-tune warmup` to foresee.
+@triton.jit(do_not_specialize=["N", "T", "n_steps"])
 def _chunk_bookkeeping_kernel(
     cu_seqlens,
     offsets,
     indices,
     N,
-    n_chunks,
+    T,
     n_steps,  # cdiv(N, BLOCK_N)
     BT: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -43,6 +45,7 @@ def _chunk_bookkeeping_kernel(
     writes the chunk offsets. Sequence of chunk c = how many sequences end at or before c (their
     chunks precede it); its first chunk = the largest such end, or 0."""
     i_p = tl.program_id(0)
+    n_chunks = T // BT + N  # max_chunks(T, N): rows of `indices`
     o_c = i_p * BLOCK_C + tl.arange(0, BLOCK_C)
     b_seq = tl.zeros([BLOCK_C], dtype=tl.int32)
     b_start = tl.zeros([BLOCK_C], dtype=tl.int32)
@@ -89,7 +92,7 @@ def chunk_bookkeeping(cu_seqlens: torch.Tensor, T: int, chunk_size: int) -> tupl
         offsets=offsets,
         indices=indices,
         N=N,
-        n_chunks=n_chunks,
+        T=T,
         n_steps=cdiv(N, BOOKKEEPING_CONFIG["BLOCK_N"]),
         BT=chunk_size,
     )

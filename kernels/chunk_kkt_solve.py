@@ -430,8 +430,8 @@ SPEC = KernelSpec(
         _invert_unit_lower_16,
         _load_k_slice,
         _store_block,
-        # The first kernel of every varlen prefill call (chunk indices); listed here so that
-        # `gdn-tune warmup`, which compiles the jit functions of the specs, compiles it too.
+        # The first kernel of a varlen prefill (chunk indices, which this kernel reads): listed so
+        # that `gdn-tune warmup`, which compiles the jit functions of the specs, compiles it too.
         _varlen._chunk_bookkeeping_kernel,
     ),
     key_for=lambda w: _key(w.dtype, w.H, w.HV, w.K, w.tokens),
