@@ -61,8 +61,8 @@ def _check_arguments(
             raise ValueError(f"{name}: {arg} must be bfloat16 or float16, got {t.dtype}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"{name}: q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if g.dtype != torch.float32:
-        raise ValueError(f"{name}: g must be float32 (cumulated log-space decay), got {g.dtype}")
+    if g.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"{name}: g must be float32 (or 16-bit, cast to float32), got {g.dtype}")
     if beta.dtype not in (torch.float32, q.dtype):
         raise ValueError(f"{name}: beta must be float32 or q's dtype {q.dtype}, got {beta.dtype}")
     N = B
@@ -127,7 +127,9 @@ def chunk_gated_delta_rule(
     T, K = q.shape[1], q.shape[3]
     scale = K**-0.5 if scale is None else float(scale)
     q, k, v, beta = q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous()
-    g = g.contiguous()
+    # The decay is cumulated in float32; a 16-bit gate is cast here, so the kernels compile one variant
+    # whatever the caller's gate dtype (a warm-up with another dtype must not leave a compile for later).
+    g = g.contiguous() if g.dtype == torch.float32 else g.float()
     if initial_state is not None:
         initial_state = initial_state.contiguous()
     chunk_indices = chunk_offsets = None

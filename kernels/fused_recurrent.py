@@ -388,8 +388,8 @@ def _check(
         raise ValueError(
             f"{name}: g and beta must be [B,T,HV] = {(B, T, HV)}, got {tuple(g.shape)} and {tuple(beta.shape)}"
         )
-    if g.dtype != torch.float32:
-        raise ValueError(f"{name}: g (log decay) must be float32, got {g.dtype}")
+    if g.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"{name}: g (log decay) must be float32 (or 16-bit, cast to float32), got {g.dtype}")
     if not beta.is_floating_point():
         raise ValueError(f"{name}: beta must be floating point, got {beta.dtype}")
     N = B
@@ -441,7 +441,7 @@ def fused_recurrent_gated_delta_rule(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule for decode (one or a few tokens per sequence) → (o [B,T,HV,V], final_state).
 
-    q, k [B,T,H,K]; v [B,T,HV,V] (HV a multiple of H, one dtype); g [B,T,HV] float32 log decay; beta
+    q, k [B,T,H,K]; v [B,T,HV,V] (HV a multiple of H, one dtype); g [B,T,HV] float32 log decay (16-bit is cast); beta
     [B,T,HV]; with cu_seqlens (int32/int64 [N+1]) B must be 1, else N = B. initial_state is float32
     [N,HV,K,V], or with ssm_state_indices (int32/int64 [N]) a cache [slots,HV,K,V] whose slot
     ssm_state_indices[n] holds sequence n's state; a negative index marks a padded entry: its outputs
@@ -466,7 +466,7 @@ def fused_recurrent_gated_delta_rule(
             _packed_heads(q),
             _packed_heads(k),
             _packed_heads(v),
-            g if g.is_contiguous() else g.contiguous(),
+            g.contiguous() if g.dtype == torch.float32 else g.float(),  # one variant: fp32 gate
             beta if beta.is_contiguous() else beta.contiguous(),
             o,
             initial_state,

@@ -287,7 +287,7 @@ BAD_ARGUMENTS = {
     "beta-shape": (lambda p: {**p, "beta": p["beta"][:, :5]}, "beta must be"),
     "q-float32": (lambda p: {**p, "q": p["q"].float()}, "q must be bfloat16 or float16"),
     "mixed-dtypes": (lambda p: {**p, "v": p["v"].half()}, "share one dtype"),
-    "g-bf16": (lambda p: {**p, "g": p["g"].bfloat16()}, "g must be float32"),
+    "g-int": (lambda p: {**p, "g": p["g"].to(torch.int32)}, "g must be float32"),
     "beta-fp16": (lambda p: {**p, "beta": p["beta"].half()}, "beta must be float32 or"),
     "cu_seqlens-float": (lambda p: {**p, "cu_seqlens": p["cu_seqlens"].float()}, "cu_seqlens must be int32"),
     "cu_seqlens-2d": (lambda p: {**p, "cu_seqlens": p["cu_seqlens"][None]}, "cu_seqlens must be 1-D"),
@@ -465,3 +465,12 @@ def test_forward_never_synchronises_with_the_host(l2norm):
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert torch.isfinite(o).all() and torch.isfinite(final_state).all()
+
+
+def test_a_16bit_gate_gives_the_float32_gates_result(device):
+    """A bf16 gate is cast once to float32: the same kernels run, on the same (rounded) values."""
+    p = make_problem((65, 30), 1, 2, 64, 64, torch.bfloat16, device)
+    g16 = p["g"].bfloat16()
+    o16, s16 = chunk_gated_delta_rule(**{**p, "g": g16}, output_final_state=True)
+    o32, s32 = chunk_gated_delta_rule(**{**p, "g": g16.float()}, output_final_state=True)
+    assert torch.equal(o16, o32) and torch.equal(s16, s32)
