@@ -150,6 +150,11 @@ class _LaunchPlan:
 
 _plans: dict[Any, _LaunchPlan] = {}
 
+# Whether kernels run under Triton's interpreter (TRITON_INTERPRET=1: the CPU tests and smoke sweeps).
+# Kernels that work around the interpreter's gaps take it as a constexpr, so compiled binaries never
+# contain those branches; each kernel module says which gaps it works around.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
 # The direct path calls Triton internals (the binder's C++ specialisation, the launcher's argument
 # order), verified on 3.6 only; other versions always launch through `kernel[grid]`, and so does
 # every launch with GDN_KERNELS_DIRECT_LAUNCH=0 (to rule the direct path out when debugging).

@@ -24,14 +24,12 @@ themselves dominates. Float32 Ai would add 67 MB of writes and as many reads to 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from . import _varlen
-from ._launch import cdiv, launch
+from ._launch import INTERPRETED, cdiv, launch
 from ._spec import (
     CHUNK_SIZE,
     Config,
@@ -82,7 +80,6 @@ MERGE_PRECISION = "tf32"
 # for bf16 and fp16 values, so products match the GPU's 16-bit MMA with float32 accumulation) and
 # bf16 rounding is done on the bits. Compiled kernels never take these branches: the interpreter and
 # triton.compile do not run in one process.
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit

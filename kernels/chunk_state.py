@@ -15,14 +15,12 @@ per sequence-count bucket `N`.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from . import _varlen
-from ._launch import cdiv, launch
+from ._launch import INTERPRETED, cdiv, launch
 from ._spec import (
     CHUNK_SIZE,
     Config,
@@ -78,7 +76,6 @@ DEFAULT = Config.of(BV=64, num_warps=4, num_stages=4)
 #   rounding is done on the bits instead;
 # - range() over a bound loaded from memory fails with numpy ≥ 2.4 (triton#9171): the chunk loop runs
 #   as a while loop instead. The compiled kernel keeps the for loop, which num_stages pipelines.
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit

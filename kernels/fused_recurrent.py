@@ -14,13 +14,11 @@ writes the final state back into that slot.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch
+from ._launch import INTERPRETED, launch
 from ._spec import (
     Config,
     Constraint,
@@ -74,8 +72,7 @@ DEFAULT = Config.of(BV=32, num_warps=4, num_stages=1)
 # Triton 3.6's interpreter (TRITON_INTERPRET=1: CPU tests, smoke sweeps) cannot run range() over a
 # bound loaded from memory with numpy ≥ 2.4 (its scalars are 1-element arrays that int() refuses), so
 # there the token loop runs as a while loop. Compiled kernels keep the for loop, which num_stages
-# software-pipelines; they never see this flag set.
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# software-pipelines; they never see INTERPRETED set.
 
 
 @triton.jit
