@@ -253,6 +253,7 @@ class KernelSpec:
     phases: tuple[str, ...] = ("prefill",)  # which workloads of a preset this kernel is tuned for
     bytes_moved: Callable[[Key], int] | None = None  # for bandwidth figures in reports
     _hash: list[str] = field(default_factory=list, compare=False, repr=False)
+    _keys: dict[tuple, Key] = field(default_factory=dict, compare=False, repr=False)
 
     def key(self, **fields: KeyValue) -> Key:
         """A key with exactly this spec's fields, in order."""
@@ -261,6 +262,17 @@ class KernelSpec:
         if missing or unknown:
             raise ValueError(f"{self.name}: key fields missing {missing}, unknown {unknown}")
         return Key(tuple((f, fields[f]) for f in self.key_fields))
+
+    def memoised_key(self, dtype: torch.dtype | str, *values: KeyValue) -> Key:
+        """The key of `dtype` (the first key field) and the other fields' values in order, buckets
+        already applied. Memoised: launchers call it on every forward call, where `key` would check
+        the fields again (a few µs)."""
+        memo = (dtype, *values)
+        key = self._keys.get(memo)
+        if key is None:
+            fields = zip(self.key_fields, (str(dtype).removeprefix("torch."), *values), strict=True)
+            key = self._keys[memo] = self.key(**dict(fields))
+        return key
 
     def source_hash(self) -> str:
         """Hash of the kernels' source and the search space; a table made for another hash is stale."""

@@ -291,16 +291,8 @@ def _chunk_kkt_solve_kernel(
     _store_block(p_Ai, b_X33, o_i, L, 3, 3, HV * BT, INTERPRETED)
 
 
-_keys: dict[tuple, Key] = {}
-
-
 def _key(dtype: torch.dtype | str, H: int, HV: int, K: int, tokens: int) -> Key:
-    # Memoised per bucket: SPEC.key checks its fields (a few µs), and this runs on every forward call.
-    fields = (dtype, H, HV, K, token_bucket(tokens))
-    key = _keys.get(fields)
-    if key is None:
-        key = _keys[fields] = SPEC.key(dtype=str(dtype).removeprefix("torch."), H=H, HV=HV, K=K, T=fields[-1])
-    return key
+    return SPEC.memoised_key(dtype, H, HV, K, token_bucket(tokens))
 
 
 def _launch_chunk_kkt_solve(inputs: dict, outputs: dict, config: Config) -> None:

@@ -250,18 +250,8 @@ def _chunk_state_kernel(
         tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
 
 
-_keys: dict[tuple, Key] = {}
-
-
 def _key(dtype: torch.dtype | str, H: int, HV: int, K: int, V: int, tokens: int, sequences: int) -> Key:
-    # Memoised per bucket: SPEC.key checks its fields (a few µs), and this runs on every forward call.
-    fields = (dtype, H, HV, K, V, token_bucket(tokens), sequence_bucket(sequences))
-    key = _keys.get(fields)
-    if key is None:
-        key = _keys[fields] = SPEC.key(
-            dtype=str(dtype).removeprefix("torch."), H=H, HV=HV, K=K, V=V, T=fields[-2], N=fields[-1]
-        )
-    return key
+    return SPEC.memoised_key(dtype, H, HV, K, V, token_bucket(tokens), sequence_bucket(sequences))
 
 
 def _launch_chunk_state(inputs: dict, outputs: dict, config: Config) -> None:

@@ -248,18 +248,8 @@ def _fused_recurrent_kernel(
             tl.store(ht + i_n.to(tl.int64) * HV * K * V + o_h, b_h, mask=m_h)
 
 
-_keys: dict[tuple, Key] = {}
-
-
 def _key(dtype: torch.dtype | str, H: int, HV: int, K: int, V: int, sequences: int) -> Key:
-    # Memoised: the decode launcher calls this every step and Key construction validates its fields.
-    fields = (dtype, H, HV, K, V, sequence_bucket(sequences))
-    key = _keys.get(fields)
-    if key is None:
-        key = _keys[fields] = SPEC.key(
-            dtype=str(dtype).removeprefix("torch."), H=H, HV=HV, K=K, V=V, N=fields[-1]
-        )
-    return key
+    return SPEC.memoised_key(dtype, H, HV, K, V, sequence_bucket(sequences))
 
 
 def _run(

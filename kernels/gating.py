@@ -64,7 +64,7 @@ def _gdn_gating_kernel(
 
 
 def _key(dtype: torch.dtype | str, HV: int, elements: int) -> Key:
-    return SPEC.key(dtype=str(dtype).removeprefix("torch."), HV=HV, T=token_bucket(elements // HV))
+    return SPEC.memoised_key(dtype, HV, token_bucket(elements // HV))
 
 
 def _launch_gating(inputs: dict, outputs: dict, config: Config) -> None:

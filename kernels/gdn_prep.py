@@ -130,7 +130,7 @@ def _gdn_prep_kernel(
 
 
 def _key(dtype: torch.dtype | str, H: int, HV: int, K: int, V: int, tokens: int) -> Key:
-    return SPEC.key(dtype=str(dtype).removeprefix("torch."), H=H, HV=HV, K=K, V=V, T=token_bucket(tokens))
+    return SPEC.memoised_key(dtype, H, HV, K, V, token_bucket(tokens))
 
 
 def _launch_gdn_prep(inputs: dict, outputs: dict, config: Config) -> None:

@@ -56,7 +56,7 @@ def _l2norm_kernel(
 
 def _key(dtype: torch.dtype | str, D: int, rows: int) -> Key:
     # "T" is the bucket of rows (tokens × heads): the grid size, and the field tables interpolate over.
-    return SPEC.key(dtype=str(dtype).removeprefix("torch."), D=D, T=token_bucket(rows))
+    return SPEC.memoised_key(dtype, D, token_bucket(rows))
 
 
 def _launch_l2norm(inputs: dict, outputs: dict, config: Config) -> None:
