@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import INTERPRETED, launch
+from ._launch import INTERPRETED, cdiv, launch
 from ._spec import (
     Config,
     Constraint,
@@ -272,10 +272,9 @@ def _run(
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    BV = config["BV"]
     launch(
         _fused_recurrent_kernel,
-        (N * HV, (V + BV - 1) // BV),
+        (N * HV, cdiv(V, config["BV"])),
         config,
         q=q,
         k=k,

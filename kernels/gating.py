@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch
+from ._launch import cdiv, launch
 from ._spec import Config, KernelSpec, Key, Param, SearchSpace, stages, token_bucket, warps
 from ._tables import resolve_config
 
@@ -72,7 +72,7 @@ def _launch_gating(inputs: dict, outputs: dict, config: Config) -> None:
     n = a.numel()
     launch(
         _gdn_gating_kernel,
-        (triton.cdiv(n, config["BLOCK"]),),
+        (cdiv(n, config["BLOCK"]),),
         config,
         A_log=inputs["A_log"],
         a=a,

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch
+from ._launch import cdiv, launch
 from ._spec import (
     Config,
     Constraint,
@@ -139,7 +139,7 @@ def _launch_gdn_prep(inputs: dict, outputs: dict, config: Config) -> None:
     T = mixed_qkv.shape[0]
     launch(
         _gdn_prep_kernel,
-        (triton.cdiv(T, config["BT"]), 2 * H + HV + 1),
+        (cdiv(T, config["BT"]), 2 * H + HV + 1),
         config,
         mixed_qkv=mixed_qkv,
         a=a,

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch
+from ._launch import cdiv, launch
 from ._spec import Config, KernelSpec, Key, Param, SearchSpace, pow2_ceil, stages, token_bucket, warps
 from ._tables import resolve_config
 from .reference import l2norm_reference
@@ -67,7 +67,7 @@ def _launch_l2norm(inputs: dict, outputs: dict, config: Config) -> None:
     rows_per_program = max(1, config["BLOCK"] // BD)
     launch(
         _l2norm_kernel,
-        (triton.cdiv(rows, rows_per_program),),
+        (cdiv(rows, rows_per_program),),
         config,
         x=x,
         y=outputs["y"],
