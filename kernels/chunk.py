@@ -16,10 +16,10 @@ import torch
 
 from . import _varlen
 from ._spec import CHUNK_SIZE
-from .chunk_kkt_solve import chunk_kkt_solve
+from .chunk_kkt_solve import chunk_kkt_solve_unchecked
 from .chunk_output import MAX_GRID_CHUNKS, chunk_output
 from .chunk_state import MAX_HEAD_DIM, chunk_state
-from .chunk_wu import chunk_wu
+from .chunk_wu import chunk_wu_unchecked
 from .l2norm import l2norm
 
 # 16-bit inputs only: the kernels' matrix products take 16-bit operands with float32 accumulation;
@@ -139,8 +139,9 @@ def chunk_gated_delta_rule(
     if use_qk_l2norm_in_kernel:
         q, k = l2norm(q), l2norm(k)
 
-    gc, Ai = chunk_kkt_solve(k, g, beta, cu_seqlens=cu_seqlens, chunk_indices=chunk_indices)
-    w, u = chunk_wu(k, v, beta, gc, Ai, cu_seqlens=cu_seqlens, chunk_indices=chunk_indices)
+    # Arguments were checked once above; the stages skip their own checks.
+    gc, Ai = chunk_kkt_solve_unchecked(k, g, beta, cu_seqlens, chunk_indices)
+    w, u = chunk_wu_unchecked(k, v, beta, gc, Ai, cu_seqlens, chunk_indices)
     h, v_new, final_state = chunk_state(
         k,
         w,

@@ -375,6 +375,17 @@ def chunk_kkt_solve(
     start) of that chunk's (I + A)⁻¹; columns past a partial chunk's end are zero.
     """
     _check_arguments(k, g, beta, cu_seqlens)
+    return chunk_kkt_solve_unchecked(k, g, beta, cu_seqlens, chunk_indices)
+
+
+def chunk_kkt_solve_unchecked(
+    k: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    chunk_indices: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`chunk_kkt_solve` on arguments already checked: `chunk_gated_delta_rule` checks them once per call."""
     inputs = {"k": k, "g": g, "beta": beta, "cu_seqlens": cu_seqlens, "chunk_indices": chunk_indices}
     outputs = _make_outputs(inputs)
     B, T, H, K = k.shape

@@ -230,6 +230,19 @@ def chunk_wu(
     `chunk_indices` (`_varlen.chunk_indices`) is built here when not given.
     """
     _check_arguments(k, v, beta, gc, Ai, cu_seqlens)
+    return chunk_wu_unchecked(k, v, beta, gc, Ai, cu_seqlens, chunk_indices)
+
+
+def chunk_wu_unchecked(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    gc: torch.Tensor,
+    Ai: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    chunk_indices: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`chunk_wu` on arguments already checked: `chunk_gated_delta_rule` checks them once per call."""
     inputs = {
         "k": k,
         "v": v,

@@ -167,10 +167,10 @@ def prefill_pieces(tokens: int = 64) -> list[str]:
         ),
         "q.contiguous() (contiguous)": lambda: q.contiguous(),
         "_varlen.chunk_bookkeeping": lambda: _varlen.chunk_bookkeeping(cu, tokens, 64),
-        "chunk_kkt_solve()": lambda: chunk_kkt_solve.chunk_kkt_solve(
-            k, g, beta, cu_seqlens=cu, chunk_indices=indices
+        "chunk_kkt_solve_unchecked()": lambda: chunk_kkt_solve.chunk_kkt_solve_unchecked(
+            k, g, beta, cu, indices
         ),
-        "chunk_wu()": lambda: chunk_wu.chunk_wu(k, v, beta, gc, Ai, cu_seqlens=cu, chunk_indices=indices),
+        "chunk_wu_unchecked()": lambda: chunk_wu.chunk_wu_unchecked(k, v, beta, gc, Ai, cu, indices),
         "chunk_state()": lambda: chunk_state.chunk_state(k, w, u, gc, x["initial_state"], True, cu, offsets),
         "chunk_output()": lambda: chunk_output.chunk_output(
             q, k, v_new, h, gc, 0.1, cu_seqlens=cu, chunk_indices=indices

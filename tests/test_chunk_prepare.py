@@ -128,8 +128,8 @@ def test_second_run_is_bitwise_identical(device):
 
 
 def test_public_functions_match_spec_launch(device):
-    """chunk_kkt_solve / chunk_wu (the functions the prefill pipeline calls) give the spec's results,
-    with and without a precomputed chunk_indices."""
+    """chunk_kkt_solve / chunk_wu (checked wrappers of what the prefill pipeline calls) give the
+    spec's results, with and without a precomputed chunk_indices."""
     lengths = [40, 70]
     inputs = _stage_inputs(1, sum(lengths), 1, 2, 64, 64, torch.bfloat16, device, lengths=lengths)
     cu = inputs["cu_seqlens"]
