@@ -44,6 +44,7 @@ from ._spec import (
     warps,
 )
 from ._tables import resolve_config
+from .reference import chunk_stages_reference
 
 SPACE = SearchSpace(
     params=(
@@ -397,8 +398,6 @@ def chunk_kkt_solve_unchecked(
 
 def chunk_kkt_solve_reference(inputs: dict) -> dict[str, torch.Tensor]:
     """float64 gc and Ai, from `chunk_stages_reference`."""
-    from .reference import chunk_stages_reference
-
     k, g = inputs["k"], inputs["g"]
     # The reference also runs the recurrence; a one-wide zero v keeps that part negligible.
     v = torch.zeros(*g.shape, 1, dtype=torch.float64, device=k.device)

@@ -31,6 +31,7 @@ from ._spec import (
 )
 from ._tables import resolve_config
 from .chunk_state import INTERPRETED, _dot_operand, _rounded, make_stage_inputs
+from .reference import sequence_bounds
 
 # Grid axis 1 (chunks) is capped at 65535 by CUDA: T/64 + N chunks, so about 4 million tokens per call.
 MAX_GRID_CHUNKS = 65535
@@ -228,10 +229,7 @@ def chunk_output_reference(inputs: dict) -> dict[str, torch.Tensor]:
     B, T, H, _ = q.shape
     HV = v_new.shape[2]
     q, k = q.repeat_interleave(HV // H, dim=2), k.repeat_interleave(HV // H, dim=2)
-    bounds = [(b, 0, T) for b in range(B)]
-    if cu_seqlens is not None:
-        cu = cu_seqlens.tolist()
-        bounds = [(0, cu[n], cu[n + 1]) for n in range(len(cu) - 1)]
+    bounds = [(b, s, e) for b in range(B) for s, e in sequence_bounds(T, cu_seqlens)]
     o = torch.zeros_like(v_new)
     rows = [0] * B
     for b, start, end in bounds:

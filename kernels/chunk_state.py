@@ -36,6 +36,7 @@ from ._spec import (
     warps,
 )
 from ._tables import resolve_config
+from .reference import chunk_stages_reference, l2norm_reference, sequence_bounds
 
 # Head dims the register-resident state supports: the whole K rows of a K×BV float32 tile live in one
 # program, [256, 64] is 128 registers per thread at 4 warps, the most that still leaves room for w and k.
@@ -360,10 +361,7 @@ def chunk_state_reference(inputs: dict) -> dict[str, torch.Tensor]:
     B, T, H, K = k.shape
     HV = u.shape[2]
     k = k.repeat_interleave(HV // H, dim=2)
-    bounds = [(b, 0, T) for b in range(B)]
-    if cu_seqlens is not None:
-        cu = cu_seqlens.tolist()
-        bounds = [(0, cu[n], cu[n + 1]) for n in range(len(cu) - 1)]
+    bounds = [(b, s, e) for b in range(B) for s, e in sequence_bounds(T, cu_seqlens)]
     h_rows: list[list[torch.Tensor]] = [[] for _ in range(B)]
     v_new = torch.zeros_like(u)
     finals = []
@@ -403,8 +401,6 @@ def make_stage_inputs(key: Key, device: torch.device | str, seed: int, sequences
     them; gc, w, u, h, v_new come from the float64 chunked reference cast to the kernels' dtypes. On the
     meta device (cross-compiling) only the shapes are built.
     """
-    from .reference import chunk_stages_reference, l2norm_reference
-
     H, HV, K, V, T = (int(key[f]) for f in ("H", "HV", "K", "V", "T"))
     dtype = getattr(torch, str(key["dtype"]))
     sequences = max(1, min(sequences, T))
@@ -482,10 +478,6 @@ def _make_inputs(key: Key, device: torch.device | str, seed: int) -> dict:
     return {name: staged[name] for name in _STATE_INPUTS}
 
 
-def _reference(inputs: dict) -> dict[str, torch.Tensor]:
-    return chunk_state_reference(inputs)
-
-
 SPEC = KernelSpec(
     name="chunk_state",
     doc=__doc__.splitlines()[0],
@@ -497,7 +489,7 @@ SPEC = KernelSpec(
     make_inputs=_make_inputs,
     make_outputs=_make_outputs,
     launch=_launch_chunk_state,
-    reference=_reference,
+    reference=chunk_state_reference,
     bytes_moved=lambda key: (
         int(key["T"])
         * (int(key["H"]) * int(key["K"]) + int(key["HV"]) * (int(key["K"]) + 2 * int(key["V"])))

@@ -30,6 +30,7 @@ from ._spec import (
 )
 from ._tables import resolve_config
 from .chunk_kkt_solve import INTERPRETED, _dot_operand, _rounded
+from .reference import chunk_stages_reference
 
 SPACE = SearchSpace(
     params=(
@@ -262,8 +263,6 @@ def chunk_wu_unchecked(
 def chunk_wu_reference(inputs: dict) -> dict[str, torch.Tensor]:
     """float64 w and u from `chunk_stages_reference`, starting from g (not from the rounded Ai), so
     the comparison covers Ai's rounding to k's dtype too."""
-    from .reference import chunk_stages_reference
-
     k = inputs["k"]
     stages_ref = chunk_stages_reference(
         k, k, inputs["v"], inputs["g"], inputs["beta"], cu_seqlens=inputs.get("cu_seqlens")
@@ -275,8 +274,6 @@ def _make_inputs(key: Key, device: torch.device | str, seed: int) -> dict:
     """k L2-normalised and v in the key's dtype, g = logsigmoid(randn) and beta = sigmoid(randn) in
     float32, gc (float32) and Ai (k's dtype) from the float64 reference, as chunk_kkt_solve makes them.
     g is kept for the reference; the kernel does not read it."""
-    from .reference import chunk_stages_reference
-
     H, HV, K, V, T = (int(key[f]) for f in ("H", "HV", "K", "V", "T"))
     dtype = getattr(torch, str(key["dtype"]))
     if torch.device(device).type == "meta":  # cross-compiling: shapes and dtypes only
