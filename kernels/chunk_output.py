@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from . import _varlen
-from ._launch import cdiv, launch
+from ._launch import INTERPRETED, cdiv, launch
 from ._spec import (
     CHUNK_SIZE,
     Config,
@@ -30,7 +30,7 @@ from ._spec import (
     warps,
 )
 from ._tables import resolve_config
-from .chunk_state import INTERPRETED, _dot_operand, _rounded, make_stage_inputs
+from .chunk_state import _dot_operand, _rounded, make_stage_inputs
 from .reference import sequence_bounds
 
 # Grid axis 1 (chunks) is capped at 65535 by CUDA: T/64 + N chunks, so about 4 million tokens per call.

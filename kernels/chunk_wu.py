@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from . import _varlen
-from ._launch import cdiv, launch
+from ._launch import INTERPRETED, cdiv, launch
 from ._spec import (
     CHUNK_SIZE,
     Config,
@@ -29,7 +29,7 @@ from ._spec import (
     warps,
 )
 from ._tables import resolve_config
-from .chunk_kkt_solve import INTERPRETED, _dot_operand, _rounded
+from .chunk_kkt_solve import _dot_operand, _rounded
 from .reference import chunk_stages_reference
 
 SPACE = SearchSpace(
