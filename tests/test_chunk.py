@@ -7,17 +7,18 @@ run compiled, and the `gpu`-marked ones add the real shapes of ANCHORS.md.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from _helpers import (
+    assert_default_config_fits_every_target,
+    cu_seqlens_of,
+    dtype_name,
+    host_synchronisation_forbidden,
+    launch_poisoned,
+)
 
 from gdn_kernels import _varlen, chunk_output, chunk_state
-from gdn_kernels._spec import CHUNK_SIZE, relative_error
-from gdn_kernels._targets import TARGETS
+from gdn_kernels._spec import CHUNK_SIZE, compare_outputs, relative_error
 from gdn_kernels.chunk import chunk_gated_delta_rule
 from gdn_kernels.reference import chunk_stages_reference, gated_delta_rule_reference, l2norm_reference
 
@@ -53,9 +54,7 @@ def make_problem(
         "g": torch.nn.functional.logsigmoid(torch.randn(B, T, HV)),
         "beta": torch.sigmoid(torch.randn(B, T, HV)),
         "initial_state": STATE_SCALE * torch.randn(len(lengths), HV, K, V) if initial_state else None,
-        "cu_seqlens": torch.tensor((0, *torch.tensor(lengths).cumsum(0).tolist()), dtype=torch.int32)
-        if varlen
-        else None,
+        "cu_seqlens": cu_seqlens_of(lengths) if varlen else None,
     }
     return {name: None if t is None else t.to(device) for name, t in problem.items()}
 
@@ -114,7 +113,7 @@ def stage_case_id(case) -> str:
     lengths, varlen, H, HV, K, V, dtype, h0, ht = case
     shape = f"N{len(lengths)}-T{sum(lengths)}" if varlen else f"B{len(lengths)}-T{lengths[0]}"
     flags = ("-h0" if h0 else "") + ("-ht" if ht else "")
-    return f"{shape}-H{H}-HV{HV}-K{K}-V{V}-{str(dtype).removeprefix('torch.')}{flags}"
+    return f"{shape}-H{H}-HV{HV}-K{K}-V{V}-{dtype_name(dtype)}{flags}"
 
 
 @pytest.mark.parametrize("case", STAGE_CASES, ids=stage_case_id)
@@ -194,7 +193,7 @@ def e2e_case_id(case) -> str:
     lengths, varlen, H, HV, K, dtype, h0, ht, l2 = case
     shape = f"N{len(lengths)}-T{sum(lengths)}" if varlen else f"B{len(lengths)}-T{lengths[0]}"
     flags = ("-h0" if h0 else "") + ("-ht" if ht else "") + ("-l2norm" if l2 else "")
-    return f"{shape}-H{H}-HV{HV}-K{K}-{str(dtype).removeprefix('torch.')}{flags}"
+    return f"{shape}-H{H}-HV{HV}-K{K}-{dtype_name(dtype)}{flags}"
 
 
 def run_and_compare(p: dict, output_final_state: bool, l2norm: bool) -> tuple[dict, tuple]:
@@ -351,25 +350,8 @@ def test_spec_round_trip_with_default_config(spec, device):
             spec.default, spec.key(**{**fields, "K": small_heads, "V": small_heads})
         )
     inputs = spec.make_inputs(key, device, seed=3)
-    outputs = {name: t.fill_(float("nan")) for name, t in spec.make_outputs(inputs).items()}
-    spec.launch(inputs, outputs, spec.default)
-    errors = {name: relative_error(outputs[name], ref) for name, ref in spec.reference(inputs).items()}
+    errors = compare_outputs(launch_poisoned(spec, inputs), spec.reference(inputs))
     assert errors and max(errors.values()) <= spec.tolerance, errors
-
-
-COMPILE_SCRIPT = """
-import json, sys
-from gdn_kernels._launch import compile_for_target, recording
-from gdn_kernels._registry import spec_by_name
-from gdn_kernels._targets import TARGETS
-spec = spec_by_name(sys.argv[1])
-key = spec.key(**json.loads(sys.argv[2]))
-inputs = spec.make_inputs(key, "meta", 0)
-with recording() as launches:
-    spec.launch(inputs, spec.make_outputs(inputs), spec.default)
-targets = {t.cc: t for t in TARGETS.values()}.values()
-print(json.dumps({t.name: [compile_for_target(r, t.cc).metadata.shared for r in launches] for t in targets}))
-"""
 
 
 @pytest.mark.parametrize("spec", [chunk_state.SPEC, chunk_output.SPEC], ids=lambda s: s.name)
@@ -380,19 +362,7 @@ def test_default_config_compiles_and_fits_every_target(spec):
     if "N" in spec.key_fields:
         fields["N"] = 4
     assert not spec.space.problems(spec.default, spec.key(**fields))
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, "-c", COMPILE_SCRIPT, spec.name, json.dumps(fields)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    shared = json.loads(done.stdout)
-    assert set(shared) == {t.name for t in {t.cc: t for t in TARGETS.values()}.values()}
-    for name, needs in shared.items():
-        assert len(needs) == 1 and needs[0] <= TARGETS[name].shared_memory_per_block, (name, needs)
+    assert_default_config_fits_every_target(spec.name, **fields)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -457,12 +427,8 @@ def test_forward_never_synchronises_with_the_host(l2norm):
         )
 
     forward()  # warm-up: compiles the kernels and resolves the configs
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with host_synchronisation_forbidden():
         o, final_state = forward()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert torch.isfinite(o).all() and torch.isfinite(final_state).all()
 

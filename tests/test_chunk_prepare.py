@@ -13,9 +13,10 @@ import sys
 
 import pytest
 import torch
+from _helpers import cu_seqlens_of, dtype_name, launch_poisoned
 
 from gdn_kernels import _varlen
-from gdn_kernels._spec import CHUNK_SIZE, Config, relative_error
+from gdn_kernels._spec import CHUNK_SIZE, Config, compare_outputs
 from gdn_kernels.chunk_kkt_solve import SPEC as KKT_SPEC
 from gdn_kernels.chunk_kkt_solve import chunk_kkt_solve, chunk_kkt_solve_reference
 from gdn_kernels.chunk_wu import SPEC as WU_SPEC
@@ -37,29 +38,13 @@ def _stage_inputs(
         "beta": torch.sigmoid(torch.randn(B, T, HV)),
     }
     inputs = {name: t.to(device) for name, t in inputs.items()}
-    inputs["cu_seqlens"] = None
-    if lengths is not None:
-        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-        inputs["cu_seqlens"] = cu.to(device)
+    inputs["cu_seqlens"] = None if lengths is None else cu_seqlens_of(lengths, device)
     return inputs
 
 
-def _run(spec, inputs: dict, config: Config | None = None) -> dict:
-    """Launch through the spec with NaN-poisoned outputs, so an unwritten element fails the check."""
-    outputs = spec.make_outputs(inputs)
-    for t in outputs.values():
-        t.fill_(float("nan"))
-    spec.launch(inputs, outputs, config or spec.default)
-    return outputs
-
-
-def _errors(outputs: dict, reference: dict) -> dict[str, float]:
-    return {name: relative_error(outputs[name], ref) for name, ref in reference.items()}
-
-
 def _kkt_then_wu(inputs: dict, config_kkt: Config | None = None, config_wu: Config | None = None) -> dict:
-    stage1 = _run(KKT_SPEC, inputs, config_kkt)
-    stage2 = _run(WU_SPEC, {**inputs, **stage1}, config_wu)
+    stage1 = launch_poisoned(KKT_SPEC, inputs, config_kkt)
+    stage2 = launch_poisoned(WU_SPEC, {**inputs, **stage1}, config_wu)
     return {**stage1, **stage2}
 
 
@@ -85,7 +70,7 @@ SINGLE_CASES = [
 
 def _case_id(case) -> str:
     B, T, H, HV, K, V, dtype = case
-    return f"B{B}-T{T}-H{H}-HV{HV}-K{K}-V{V}-{str(dtype).removeprefix('torch.')}"
+    return f"B{B}-T{T}-H{H}-HV{HV}-K{K}-V{V}-{dtype_name(dtype)}"
 
 
 @pytest.mark.parametrize("case", SINGLE_CASES, ids=_case_id)
@@ -93,7 +78,7 @@ def test_stages_match_reference(case, device):
     B, T, H, HV, K, V, dtype = case
     inputs = _stage_inputs(B, T, H, HV, K, V, dtype, device)
     out = _kkt_then_wu(inputs)
-    errors = _errors(out, _reference(inputs))
+    errors = compare_outputs(out, _reference(inputs))
     assert errors["gc"] < 1e-5, errors  # float32 cumsum of 64 terms at most
     assert all(e < TOLERANCE for e in errors.values()), errors
 
@@ -103,7 +88,7 @@ def test_stages_varlen_match_reference(lengths, device):
     T = sum(lengths)
     inputs = _stage_inputs(1, T, 2, 4, 64, 64, torch.bfloat16, device, lengths=lengths)
     out = _kkt_then_wu(inputs)
-    errors = _errors(out, _reference(inputs))
+    errors = compare_outputs(out, _reference(inputs))
     assert errors["gc"] < 1e-5, errors
     assert all(e < TOLERANCE for e in errors.values()), errors
 
@@ -113,7 +98,7 @@ def test_varlen_chunks_do_not_cross_sequences(device):
     3 + r of Ai holds row r of that chunk's inverse (diagonal at column r, nothing from column 3 on);
     one chunk spanning both sequences would put the diagonal at column 3 + r."""
     inputs = _stage_inputs(1, 6, 1, 1, 64, 64, torch.bfloat16, device, lengths=[3, 3])
-    out = _run(KKT_SPEC, inputs)
+    out = launch_poisoned(KKT_SPEC, inputs)
     g = inputs["g"][0, :, 0]
     torch.testing.assert_close(out["gc"][0, 3, 0], g[3], rtol=0, atol=1e-6)
     assert (out["Ai"][0, 3:, 0, 3:] == 0).all()  # row 3 + r holds row r of the second chunk's inverse
@@ -144,7 +129,7 @@ def test_public_functions_match_spec_launch(device):
 def test_beta_in_input_dtype(device):
     inputs = _stage_inputs(1, 65, 1, 2, 64, 64, torch.bfloat16, device)
     inputs["beta"] = inputs["beta"].to(torch.bfloat16)
-    errors = _errors(_kkt_then_wu(inputs), _reference(inputs))
+    errors = compare_outputs(_kkt_then_wu(inputs), _reference(inputs))
     assert all(e < TOLERANCE for e in errors.values()), errors
 
 
@@ -165,7 +150,7 @@ def test_every_kkt_candidate_is_correct(device):
     configs = _distinct_block_configs(KKT_SPEC, key)
     assert len(configs) >= 3
     for config in configs:
-        errors = _errors(_run(KKT_SPEC, inputs, config), reference)
+        errors = compare_outputs(launch_poisoned(KKT_SPEC, inputs, config), reference)
         assert all(e < KKT_SPEC.tolerance for e in errors.values()), (config.label, errors)
 
 
@@ -176,7 +161,7 @@ def test_every_wu_candidate_is_correct(device):
     configs = _distinct_block_configs(WU_SPEC, key)
     assert len(configs) >= 4
     for config in configs:
-        errors = _errors(_run(WU_SPEC, inputs, config), reference)
+        errors = compare_outputs(launch_poisoned(WU_SPEC, inputs, config), reference)
         assert all(e < WU_SPEC.tolerance for e in errors.values()), (config.label, errors)
 
 
@@ -274,7 +259,7 @@ GPU_CASES = [
 def test_stages_real_shapes_gpu(H, HV, T, lengths):
     inputs = _stage_inputs(1, T, H, HV, 128, 128, torch.bfloat16, "cuda", lengths=lengths)
     out = _kkt_then_wu(inputs)
-    errors = _errors(out, _reference(inputs))
+    errors = compare_outputs(out, _reference(inputs))
     assert errors["gc"] < 1e-5, errors
     assert all(e < TOLERANCE for e in errors.values()), errors
     again = _kkt_then_wu(inputs)
@@ -291,5 +276,5 @@ def test_spec_references_real_shape_gpu():
     ):
         inputs = spec.make_inputs(key, "cuda", 1)
         reference = (chunk_kkt_solve_reference if spec is KKT_SPEC else chunk_wu_reference)(inputs)
-        errors = _errors(_run(spec, inputs), reference)
+        errors = compare_outputs(launch_poisoned(spec, inputs), reference)
         assert all(e < spec.tolerance for e in errors.values()), (spec.name, errors)

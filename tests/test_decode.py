@@ -3,17 +3,18 @@
 Runs compiled on a GPU host and through TRITON_INTERPRET=1 on the CPU (small shapes there).
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from _helpers import (
+    assert_default_config_fits_every_target,
+    cu_seqlens_of,
+    dtype_name,
+    host_synchronisation_forbidden,
+    launch_poisoned,
+)
 
 from gdn_kernels import fused_recurrent_gated_delta_rule
-from gdn_kernels._spec import Config, relative_error
-from gdn_kernels._targets import TARGETS
+from gdn_kernels._spec import Config, compare_outputs, relative_error
 from gdn_kernels.fused_recurrent import SPEC, fused_recurrent_reference
 
 TOLERANCE = 1e-2
@@ -37,10 +38,7 @@ def make_decode_inputs(
     if lengths is None:
         B, T, cu_seqlens = N, 1, None
     else:
-        B, T = 1, sum(lengths)
-        cu_seqlens = torch.tensor(
-            [0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device
-        )
+        B, T, cu_seqlens = 1, sum(lengths), cu_seqlens_of(lengths, device)
     inputs = {
         "q": torch.randn(B, T, H, K, device=device).to(dtype),
         # Keys of unit norm, as the model's l2norm gives them; unnormalised keys make the recurrence blow up.
@@ -55,18 +53,6 @@ def make_decode_inputs(
     if slots is not None:
         inputs["ssm_state_indices"] = torch.randperm(slots, device=device)[:N].to(torch.int32)
     return inputs
-
-
-def run_poisoned(inputs, config=SPEC.default, output_final_state=True):
-    """Launch on NaN-filled outputs (every element the kernel must write starts as NaN)."""
-    q, v = inputs["q"], inputs["v"]
-    N = q.shape[0] if inputs.get("cu_seqlens") is None else inputs["cu_seqlens"].numel() - 1
-    outputs = {"o": torch.full(v.shape, float("nan"), dtype=q.dtype, device=q.device)}
-    if output_final_state:
-        shape = (N, v.shape[2], q.shape[3], v.shape[3])
-        outputs["final_state"] = torch.full(shape, float("nan"), device=q.device)
-    SPEC.launch(inputs, outputs, config)
-    return outputs
 
 
 def assert_close(outputs, reference, names=("o", "final_state")):
@@ -94,7 +80,7 @@ ONE_TOKEN_CASES = [
 )
 def test_one_token_per_sequence(device, N, H, HV, K, V):
     inputs = make_decode_inputs(device, N=N, H=H, HV=HV, K=K, V=V)
-    assert_close(run_poisoned(inputs), fused_recurrent_reference(inputs))
+    assert_close(launch_poisoned(SPEC, inputs), fused_recurrent_reference(inputs))
 
 
 VARLEN_CASES = [
@@ -107,12 +93,12 @@ VARLEN_CASES = [
 @pytest.mark.parametrize(
     ("lengths", "H", "HV", "index_dtype"),
     VARLEN_CASES,
-    ids=[f"{shape_id(len(c[0]), c[1], c[2], 64, 64, c[0])}-{str(c[3])[6:]}" for c in VARLEN_CASES],
+    ids=[f"{shape_id(len(c[0]), c[1], c[2], 64, 64, c[0])}-{dtype_name(c[3])}" for c in VARLEN_CASES],
 )
 def test_few_tokens_per_sequence_through_cu_seqlens(device, lengths, H, HV, index_dtype):
     inputs = make_decode_inputs(device, N=len(lengths), H=H, HV=HV, K=64, V=64, lengths=lengths)
     inputs["cu_seqlens"] = inputs["cu_seqlens"].to(index_dtype)
-    assert_close(run_poisoned(inputs), fused_recurrent_reference(inputs))
+    assert_close(launch_poisoned(SPEC, inputs), fused_recurrent_reference(inputs))
 
 
 def test_several_tokens_per_sequence_without_cu_seqlens(device):
@@ -120,7 +106,7 @@ def test_several_tokens_per_sequence_without_cu_seqlens(device):
     for name in ("q", "k", "v", "g", "beta"):  # B = 3 sequences of T = 3 tokens
         inputs[name] = torch.cat([inputs[name]] * 3, dim=1)
     inputs["g"] = torch.nn.functional.logsigmoid(torch.randn_like(inputs["g"]))
-    assert_close(run_poisoned(inputs), fused_recurrent_reference(inputs))
+    assert_close(launch_poisoned(SPEC, inputs), fused_recurrent_reference(inputs))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
@@ -131,7 +117,7 @@ def test_dtypes_and_in_kernel_l2norm(device, dtype, l2norm):
         inputs["q"] = (4 * torch.randn_like(inputs["q"], dtype=torch.float32)).to(dtype)  # far from unit norm
         inputs["k"] = (4 * torch.randn_like(inputs["k"], dtype=torch.float32)).to(dtype)
     inputs["use_qk_l2norm_in_kernel"] = l2norm
-    outputs = run_poisoned(inputs)
+    outputs = launch_poisoned(SPEC, inputs)
     assert outputs["o"].dtype == dtype
     errors = assert_close(outputs, fused_recurrent_reference(inputs))
     if dtype == torch.float32:
@@ -141,7 +127,7 @@ def test_dtypes_and_in_kernel_l2norm(device, dtype, l2norm):
 def test_without_initial_state_and_custom_scale(device):
     inputs = make_decode_inputs(device, N=3, H=1, HV=2, K=64, V=64, lengths=(1, 2, 3), initial_state=False)
     inputs["scale"] = 0.3
-    assert_close(run_poisoned(inputs), fused_recurrent_reference(inputs))
+    assert_close(launch_poisoned(SPEC, inputs), fused_recurrent_reference(inputs))
 
 
 @pytest.mark.parametrize(
@@ -157,7 +143,7 @@ def test_other_configs_of_the_space(device, config):
     inputs = make_decode_inputs(device, N=2, H=1, HV=2, K=64, V=64, lengths=(2, 1))
     key = SPEC.key(dtype="bfloat16", H=1, HV=2, K=64, V=64, N=2)
     assert not SPEC.space.problems(config, key)
-    assert_close(run_poisoned(inputs, config), fused_recurrent_reference(inputs))
+    assert_close(launch_poisoned(SPEC, inputs, config), fused_recurrent_reference(inputs))
 
 
 def test_public_function_returns_reference_results(device):
@@ -247,7 +233,7 @@ def test_state_cache_in_place_with_a_padded_slot(device, lengths, index_dtype):
 def test_state_cache_gather_into_a_new_final_state(device):
     inputs = padded_cache_inputs(device, lengths=(2, 1, 1, 2))
     before = inputs["initial_state"].clone()
-    outputs = run_poisoned(inputs)
+    outputs = launch_poisoned(SPEC, inputs)
     assert torch.equal(inputs["initial_state"], before), "the cache changed without inplace_final_state"
     assert_close(outputs, fused_recurrent_reference(inputs))
     assert torch.equal(outputs["final_state"][1], torch.zeros_like(outputs["final_state"][1]))
@@ -255,16 +241,14 @@ def test_state_cache_gather_into_a_new_final_state(device):
 
 def test_repeat_runs_are_bitwise_identical(device):
     inputs = make_decode_inputs(device, N=3, H=1, HV=2, K=64, V=64, lengths=(2, 3, 1))
-    first, second = run_poisoned(inputs), run_poisoned(inputs)
+    first, second = launch_poisoned(SPEC, inputs), launch_poisoned(SPEC, inputs)
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
 def test_spec_inputs_launch_and_reference(device):
     key = SPEC.key(dtype="bfloat16", H=1, HV=2, K=32, V=32, N=3)
     inputs = SPEC.make_inputs(key, device, seed=5)
-    outputs = {name: t.fill_(float("nan")) for name, t in SPEC.make_outputs(inputs).items()}
-    SPEC.launch(inputs, outputs, SPEC.default)
-    errors = {name: relative_error(outputs[name], ref) for name, ref in SPEC.reference(inputs).items()}
+    errors = compare_outputs(launch_poisoned(SPEC, inputs), SPEC.reference(inputs))
     assert set(errors) == {"o", "final_state"} and max(errors.values()) <= SPEC.tolerance, errors
     again = SPEC.make_inputs(key, device, seed=5)
     assert all(torch.equal(inputs[n], again[n]) for n in inputs if isinstance(inputs[n], torch.Tensor))
@@ -272,44 +256,11 @@ def test_spec_inputs_launch_and_reference(device):
     assert not torch.equal(inputs["q"], other["q"])
 
 
-COMPILE_SCRIPT = """
-import json, sys
-from gdn_kernels._launch import compile_for_target, recording
-from gdn_kernels._registry import spec_by_name
-from gdn_kernels._targets import TARGETS
-spec = spec_by_name(sys.argv[1])
-key = spec.key(**json.loads(sys.argv[2]))
-inputs = spec.make_inputs(key, "meta", 0)
-assert all(t.device.type == "meta" for t in inputs.values() if hasattr(t, "device"))
-with recording() as launches:
-    spec.launch(inputs, spec.make_outputs(inputs), spec.default)
-targets = {t.cc: t for t in TARGETS.values()}.values()
-print(json.dumps({t.name: [compile_for_target(r, t.cc).metadata.shared for r in launches] for t in targets}))
-"""
-
-
-def shared_memory_of_default(kernel: str, **key_fields) -> dict[str, list[int]]:
-    """Shared bytes of each launch of the kernel's default config, compiled for every target's cc.
-
-    In a child process without TRITON_INTERPRET: the interpreter's kernels cannot be compiled."""
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, "-c", COMPILE_SCRIPT, kernel, json.dumps(key_fields)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
-
-
 @pytest.mark.parametrize("N", [1, 256], ids=lambda n: f"N{n}")
 def test_default_config_compiles_and_fits_every_target(N):
-    shared = shared_memory_of_default("fused_recurrent", dtype="bfloat16", H=16, HV=64, K=128, V=128, N=N)
-    assert set(shared) == {t.name for t in {t.cc: t for t in TARGETS.values()}.values()}
-    for name, needs in shared.items():
-        assert len(needs) == 1 and needs[0] <= TARGETS[name].shared_memory_per_block, (name, needs)
+    assert_default_config_fits_every_target(
+        "fused_recurrent", dtype="bfloat16", H=16, HV=64, K=128, V=128, N=N
+    )
 
 
 def call_with(inputs, **changes):
@@ -391,7 +342,7 @@ def check_serving_decode_step(device, N, H, HV, K, V):
     assert relative_error(cache[indices[indices >= 0]], reference["final_state"][indices >= 0]) <= TOLERANCE
     # Gathered, not in place. The l2norm flag travels in `inputs`: without it q (norm ≈ 11 at K = 128)
     # went in unnormalised and o came out 10× too large, while final_state (unit-norm keys) matched.
-    assert_close(run_poisoned({**inputs, "initial_state": before}), reference)
+    assert_close(launch_poisoned(SPEC, {**inputs, "initial_state": before}), reference)
 
 
 @pytest.mark.parametrize("N", [1, 4], ids=lambda n: f"N{n}-H1-HV2-K32-V32")
@@ -411,9 +362,5 @@ def test_decode_never_synchronises_with_the_host(device):
     inputs = make_decode_inputs(device, N=8, H=16, HV=64, K=128, V=128, lengths=[1] * 8, slots=17)
     args = {**inputs, "use_qk_l2norm_in_kernel": True, "inplace_final_state": True}
     fused_recurrent_gated_delta_rule(**args)  # warm-up: compile and resolve the config
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with host_synchronisation_forbidden():
         fused_recurrent_gated_delta_rule(**args)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")

@@ -3,19 +3,14 @@
 Runs compiled on a GPU host and through TRITON_INTERPRET=1 on the CPU (small shapes there).
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from _helpers import assert_default_config_fits_every_target, host_synchronisation_forbidden, launch_poisoned
 
 from gdn_kernels import fused_gdn_gating, gdn_prefill_prep, l2norm
 from gdn_kernels import gdn_prep as prep_module
 from gdn_kernels._registry import spec_by_name
-from gdn_kernels._spec import Config, relative_error
-from gdn_kernels._targets import TARGETS
+from gdn_kernels._spec import Config, compare_outputs, relative_error
 from gdn_kernels.gating import gating_reference
 from gdn_kernels.reference import l2norm_reference
 
@@ -23,10 +18,6 @@ from gdn_kernels.reference import l2norm_reference
 L2NORM = spec_by_name("l2norm")
 TOLERANCE_16BIT = 1e-2
 TOLERANCE_FLOAT32 = 1e-5  # float32 in and float32 arithmetic: only reduction order differs
-
-
-def poisoned(outputs: dict) -> dict:
-    return {name: t.fill_(float("nan")) for name, t in outputs.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,21 +62,16 @@ def test_l2norm_custom_eps(device):
 def test_l2norm_other_configs_write_every_row(device, block):
     key = L2NORM.key(dtype="bfloat16", D=128, T=64)
     inputs = {"x": torch.randn(131, 128, device=device, dtype=torch.bfloat16), "eps": 1e-6}
-    outputs = poisoned(L2NORM.make_outputs(inputs))
     config = Config.of(BLOCK=block, num_warps=2, num_stages=1)
     assert not L2NORM.space.problems(config, key)
-    L2NORM.launch(inputs, outputs, config)
+    outputs = launch_poisoned(L2NORM, inputs, config)
     assert relative_error(outputs["y"], l2norm_reference(inputs["x"])) <= TOLERANCE_16BIT
 
 
 def test_l2norm_spec_and_repeat_runs(device):
     spec = L2NORM
     inputs = spec.make_inputs(spec.key(dtype="float16", D=64, T=128), device, seed=3)
-    runs = []
-    for _ in range(2):
-        outputs = poisoned(spec.make_outputs(inputs))
-        spec.launch(inputs, outputs, spec.default)
-        runs.append(outputs["y"])
+    runs = [launch_poisoned(spec, inputs)["y"] for _ in range(2)]
     assert relative_error(runs[0], spec.reference(inputs)["y"]) <= spec.tolerance
     assert torch.equal(runs[0], runs[1])
 
@@ -152,9 +138,7 @@ PREP_CASES = [
 )
 def test_prep_matches_reference(device, T, H, HV, K, V, dtype):
     inputs = make_prep_inputs(device, T, H, HV, K, V, dtype)
-    outputs = poisoned(prep_module.SPEC.make_outputs(inputs))
-    prep_module.SPEC.launch(inputs, outputs, prep_module.SPEC.default)
-    assert_prep_matches(outputs, inputs)
+    assert_prep_matches(launch_poisoned(prep_module.SPEC, inputs), inputs)
 
 
 def test_prep_public_function_shapes_and_dtypes(device):
@@ -196,18 +180,12 @@ def test_prep_other_configs(device):
     key = prep_module.SPEC.key(dtype="bfloat16", H=1, HV=2, K=64, V=64, T=256)
     for config in (Config.of(BT=8, num_warps=1, num_stages=1), Config.of(BT=128, num_warps=8, num_stages=1)):
         assert not prep_module.SPEC.space.problems(config, key)
-        outputs = poisoned(prep_module.SPEC.make_outputs(inputs))
-        prep_module.SPEC.launch(inputs, outputs, config)
-        assert_prep_matches(outputs, inputs)
+        assert_prep_matches(launch_poisoned(prep_module.SPEC, inputs, config), inputs)
 
 
 def test_prep_repeat_runs_are_bitwise_identical(device):
     inputs = make_prep_inputs(device, 37, 2, 4, 64, 64)
-    runs = []
-    for _ in range(2):
-        outputs = poisoned(prep_module.SPEC.make_outputs(inputs))
-        prep_module.SPEC.launch(inputs, outputs, prep_module.SPEC.default)
-        runs.append(outputs)
+    runs = [launch_poisoned(prep_module.SPEC, inputs) for _ in range(2)]
     assert all(torch.equal(runs[0][name], runs[1][name]) for name in runs[0])
 
 
@@ -216,9 +194,7 @@ def test_prep_spec_inputs(device):
     key = spec.key(dtype="bfloat16", H=1, HV=2, K=32, V=32, T=64)
     inputs = spec.make_inputs(key, device, seed=1)
     assert inputs["mixed_qkv"].shape == (64, 2 * 32 + 2 * 32)
-    outputs = poisoned(spec.make_outputs(inputs))
-    spec.launch(inputs, outputs, spec.default)
-    errors = {name: relative_error(outputs[name], ref) for name, ref in spec.reference(inputs).items()}
+    errors = compare_outputs(launch_poisoned(spec, inputs), spec.reference(inputs))
     assert max(errors.values()) <= spec.tolerance, errors
     assert spec.bytes_moved(key) > 2 * 64 * 128 * 2
 
@@ -286,29 +262,12 @@ def test_prep_gating_edge_values(device):
 
 def test_prep_softplus_parameters(device):
     inputs = {**make_prep_inputs(device, 37, 1, 2, 32, 32), "softplus_beta": 2.0, "softplus_threshold": 5.0}
-    outputs = poisoned(prep_module.SPEC.make_outputs(inputs))
-    prep_module.SPEC.launch(inputs, outputs, prep_module.SPEC.default)
-    assert_prep_matches(outputs, inputs)
+    assert_prep_matches(launch_poisoned(prep_module.SPEC, inputs), inputs)
 
 
 # --------------------------------------------------------------------------------------------------
 # Every default config compiles for every target (in a child process: the interpreter cannot compile)
 
-
-COMPILE_SCRIPT = """
-import json, sys
-from gdn_kernels._launch import compile_for_target, recording
-from gdn_kernels._registry import spec_by_name
-from gdn_kernels._targets import TARGETS
-spec = spec_by_name(sys.argv[1])
-key = spec.key(**json.loads(sys.argv[2]))
-inputs = spec.make_inputs(key, "meta", 0)
-assert all(t.device.type == "meta" for t in inputs.values() if hasattr(t, "device"))
-with recording() as launches:
-    spec.launch(inputs, spec.make_outputs(inputs), spec.default)
-targets = {t.cc: t for t in TARGETS.values()}.values()
-print(json.dumps({t.name: [compile_for_target(r, t.cc).metadata.shared for r in launches] for t in targets}))
-"""
 
 DEFAULT_KEYS = {
     "l2norm": {"dtype": "bfloat16", "D": 256, "T": 8192},
@@ -318,19 +277,7 @@ DEFAULT_KEYS = {
 
 @pytest.mark.parametrize("kernel", DEFAULT_KEYS)
 def test_default_config_compiles_and_fits_every_target(kernel):
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, "-c", COMPILE_SCRIPT, kernel, json.dumps(DEFAULT_KEYS[kernel])],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    shared = json.loads(done.stdout)
-    assert len(shared) == 4 and {"a100", "b200", "rtx5090"} <= set(shared)  # one per cc: 80, 90, 100, 120
-    for name, needs in shared.items():
-        assert len(needs) == 1 and needs[0] <= TARGETS[name].shared_memory_per_block, (name, needs)
+    assert_default_config_fits_every_target(kernel, **DEFAULT_KEYS[kernel])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,10 +304,6 @@ def test_prep_and_l2norm_never_synchronise_with_the_host(device):
     x = torch.randn(1000, 16, 128, device=device, dtype=torch.bfloat16)
     gdn_prefill_prep(**inputs)  # warm-up: compile and resolve the configs
     l2norm(x)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with host_synchronisation_forbidden():
         gdn_prefill_prep(**inputs)
         l2norm(x)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")

@@ -1,0 +1,86 @@
+"""Pieces the kernel tests share: packed sequence offsets, NaN-poisoned launches, default configs
+compiled for every target, and a guard against host synchronisation on the GPU host."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from gdn_kernels._spec import Config, KernelSpec
+from gdn_kernels._targets import TARGETS
+
+
+def cu_seqlens_of(lengths: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """int32 [N + 1] start offsets of sequences of `lengths` packed along T, then the total."""
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`bfloat16` for torch.bfloat16: the dtype as test ids and keys spell it."""
+    return str(dtype).removeprefix("torch.")
+
+
+def launch_poisoned(spec: KernelSpec, inputs: dict, config: Config | None = None) -> dict[str, torch.Tensor]:
+    """Launch through the spec on outputs filled with NaN first, so an element left unwritten fails a check."""
+    outputs = {name: t.fill_(float("nan")) for name, t in spec.make_outputs(inputs).items()}
+    spec.launch(inputs, outputs, config or spec.default)
+    return outputs
+
+
+# Run in a child process without TRITON_INTERPRET: the interpreter's kernels cannot be compiled.
+_COMPILE_DEFAULT = """
+import json, sys
+from gdn_kernels._launch import compile_for_target, recording
+from gdn_kernels._registry import spec_by_name
+from gdn_kernels._targets import TARGETS
+spec = spec_by_name(sys.argv[1])
+key = spec.key(**json.loads(sys.argv[2]))
+inputs = spec.make_inputs(key, "meta", 0)
+assert all(t.device.type == "meta" for t in inputs.values() if hasattr(t, "device"))
+with recording() as launches:
+    spec.launch(inputs, spec.make_outputs(inputs), spec.default)
+targets = {t.cc: t for t in TARGETS.values()}.values()
+print(json.dumps({t.name: [compile_for_target(r, t.cc).metadata.shared for r in launches] for t in targets}))
+"""
+
+
+def default_config_shared_memory(kernel: str, **key_fields: int | str) -> dict[str, list[int]]:
+    """Shared bytes of each launch of the kernel's default config at the key, compiled for one target
+    of each compute capability (named by target)."""
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE_DEFAULT, kernel, json.dumps(key_fields)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def assert_default_config_fits_every_target(kernel: str, **key_fields: int | str) -> None:
+    """The default config compiles for every compute capability, in one launch that fits the shared
+    memory of the target it was compiled for."""
+    shared = default_config_shared_memory(kernel, **key_fields)
+    assert set(shared) == {t.name for t in {t.cc: t for t in TARGETS.values()}.values()}
+    for name, needs in shared.items():
+        assert len(needs) == 1 and needs[0] <= TARGETS[name].shared_memory_per_block, (name, needs)
+
+
+@contextmanager
+def host_synchronisation_forbidden() -> Iterator[None]:
+    """Within the block any host synchronisation raises (torch's sync debug mode); the GPU's queue is
+    drained before, so the block starts from an idle device."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
