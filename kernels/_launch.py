@@ -1,8 +1,8 @@
 """The one place kernels are launched, so a launch can be recorded instead of run, and run cheaply.
 
 Recording is how configs get compiled for a GPU that is not present: a launcher runs on meta tensors,
-its launch is captured (kernel, argument types, constexprs, options), and `compile_for_target` hands
-that to Triton's compiler with an explicit target. The hot path pays one global read for it.
+its launch is captured (kernel, arguments, constexprs, options), and `compile_for_target` hands that
+to the kernel's JIT entry under a driver that names the target and launches nothing. The hot path pays one global read for it.
 
 Running: Triton's `kernel[grid](**args)` binds and specialises every argument, builds a cache key with
 `str(options)`, reads several knobs and wraps the launch in hook calls on every call. After the first
@@ -17,6 +17,7 @@ Launch hooks (Triton's profiler) and the interpreter always take Triton's own pa
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -195,47 +196,59 @@ def recording() -> Iterator[list[LaunchRecord]]:
         _recorder = previous
 
 
-_TRITON_DTYPES = {
-    "torch.float32": "fp32",
-    "torch.float16": "fp16",
-    "torch.bfloat16": "bf16",
-    "torch.float64": "fp64",
-    "torch.int32": "i32",
-    "torch.int64": "i64",
-    "torch.int8": "i8",
-    "torch.uint8": "u8",
-    "torch.bool": "i1",
-}
+# Launches compile under a driver that names the target and launches nothing, as a device of its own
+# (Triton keeps its binder and in-memory kernels per device) that no CUDA index can equal. The driver
+# is process-wide: the lock keeps two compiles from swapping it under each other.
+_compile_only_lock = threading.Lock()
 
 
-def _signature(record: LaunchRecord) -> tuple[dict[str, str], dict[str, Any]]:
-    signature: dict[str, str] = {}
-    constexprs: dict[str, Any] = {}
-    for p in record.kernel.params:
-        value = record.args.get(p.name, p.default if p.has_default else None)
-        if p.is_constexpr or value is None:
-            signature[p.name] = "constexpr"
-            constexprs[p.name] = value
-        elif hasattr(value, "dtype") and hasattr(value, "data_ptr"):
-            signature[p.name] = "*" + _TRITON_DTYPES[str(value.dtype)]
-        elif isinstance(value, bool):
-            signature[p.name] = "i1"
-        elif isinstance(value, int):
-            signature[p.name] = "i64" if abs(value) >= 2**31 else "i32"
-        elif isinstance(value, float):
-            signature[p.name] = "fp32"
-        else:
-            raise TypeError(f"{record.kernel.__name__}: cannot type argument {p.name}={value!r}")
-    return signature, constexprs
+class _CompileOnlyDriver:
+    """What `JITFunction.run(warmup=True)` asks of a driver: the target, a device and its stream."""
+
+    def __init__(self, cc: int) -> None:
+        self.cc = cc
+
+    def get_current_target(self) -> Any:
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", self.cc, 32)
+
+    def get_current_device(self) -> str:
+        return f"compile-only sm{self.cc}"
+
+    def get_current_stream(self, device: Any = None) -> int:
+        return 0
+
+
+@contextmanager
+def compile_only_driver(cc: int) -> Iterator[None]:
+    """Within the block, Triton's JIT compiles for compute capability `cc` and touches no GPU.
+
+    A launch in another thread inside the block would see this driver: hold no block while kernels run.
+    """
+    from triton.runtime import driver
+
+    with _compile_only_lock:
+        previous = driver._active  # not `driver.active`: that creates the default, and fails without a GPU
+        driver.set_active(_CompileOnlyDriver(cc))
+        try:
+            yield
+        finally:
+            driver._active = previous
 
 
 def compile_for_target(record: LaunchRecord, cc: int) -> Any:
-    """Compile a recorded launch for compute capability `cc` (90 for sm90); no GPU needed."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    """Compile a recorded launch for compute capability `cc` (90 for sm90) as a launch there would; no
+    GPU needed.
 
-    signature, constexprs = _signature(record)
-    source = ASTSource(record.kernel, signature=signature, constexprs=constexprs)
-    options = {"num_warps": record.num_warps, "num_stages": record.num_stages}
-    return triton.compile(source, target=GPUTarget("cuda", cc, 32), options=options)
+    It goes through the kernel's own JIT entry, `JITFunction.warmup` (`run(warmup=True)`), so the binder
+    specialises the arguments exactly as a launch does: pointers on 16-byte alignment (a meta tensor's
+    data pointer is its offset, so views keep theirs), integers on `== 1` and divisibility by 16. A bare
+    `triton.compile` of the argument types gets none of that, and compiles another kernel: chunk_state
+    BV=128 w8 s4 at T=8192 needs 66316 bytes of shared memory that way, 246540 as launched on an H200.
+    Compiled kernels go to Triton's on-disk cache under the cache key a launch uses.
+    """
+    with compile_only_driver(cc):
+        return record.kernel.warmup(
+            **record.args, grid=(1,), num_warps=record.num_warps, num_stages=record.num_stages
+        )

@@ -612,6 +612,19 @@ def test_compile_check_reports_compile_errors_and_shared_memory():
     assert not invalid.ok and "num_warps" in invalid.error
 
 
+def test_compile_check_sees_the_shared_memory_of_the_launch_as_specialised():
+    """On an H200 this config failed at launch (OutOfResources: Required 246540, limit 232448) after
+    passing the check, which compiled without Triton's argument specialisation (66316 bytes then) and,
+    under the interpreter, with INTERPRETED=True (65536 bytes)."""
+    from gdn_kernels.chunk_state import SPEC as CHUNK_STATE
+
+    key = CHUNK_STATE.key(dtype="bfloat16", H=16, HV=64, K=128, V=128, T=8192, N=1)
+    config = Config.of(BV=128, num_warps=8, num_stages=4)
+    result = compile_check(CHUNK_STATE, key, config, TARGETS["h200"])
+    assert not result.ok and result.shared_bytes == 246540
+    assert result.error == "needs 246540 bytes of shared memory, h200 has 232448"
+
+
 # --------------------------------------------------------------------------------------------------
 # check / show / diff
 

@@ -186,18 +186,16 @@ def test_default_preset_plan_reaches_every_spec_and_workload():
     assert kernels_with_variants == set(kernel_specs())
 
 
-# A production-like call on real (CPU) tensors, its launches recorded and handed to Triton's JIT
-# warmup under the compile-only driver: every one must be a cache hit after `gdn-tune warmup`, i.e.
+# A production-like call on real (CPU) tensors, its launches recorded and compiled for sm90 through
+# Triton's JIT warmup under the compile-only driver (`compile_for_target`): every one must be a cache hit after `gdn-tune warmup`, i.e.
 # the meta-tensor plan produced exactly the specialisations real tensors produce.
 REAL_TENSOR_CHECK = textwrap.dedent(
     """
     import json, sys, torch, triton
     import gdn_kernels
-    from gdn_kernels._launch import recording
-    from gdn_tune.warmup import _install_compile_only_driver
+    from gdn_kernels._launch import compile_for_target, recording
     from gdn_tune.warmup import target_place, _resolving_meta_as
 
-    _install_compile_only_driver(90)
     hits = []
     triton.knobs.compilation.listener = lambda **kw: hits.append(kw["cache_hit"])
     records = []
@@ -209,7 +207,7 @@ REAL_TENSOR_CHECK = textwrap.dedent(
             gdn_kernels.l2norm(x)
         records += recs
     for r in records:
-        r.kernel.warmup(**r.args, grid=(1,), num_warps=r.num_warps, num_stages=r.num_stages)
+        compile_for_target(r, 90)
     print(json.dumps({"launches": len(records), "hits": hits}))
     """
 )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -22,7 +21,6 @@ from typing import Any
 from triton.runtime.jit import JITFunction
 
 from gdn_kernels._launch import LaunchRecord, compile_for_target, recording
-from gdn_kernels._launch import _signature as launch_signature
 from gdn_kernels._registry import kernel_specs
 from gdn_kernels._spec import Config, KernelSpec, Key, unique_keys
 from gdn_kernels._tables import (
@@ -36,6 +34,7 @@ from gdn_kernels._tables import (
 )
 from gdn_kernels._targets import ARCHS, TARGETS, GpuTarget
 from gdn_tune.presets import preset_by_name
+from gdn_tune.warmup import Variant, _specialisation, _Worker, describe_launch, worker_environment
 
 # Times are written with 6 significant digits: CUDA-event timings of one kernel vary by more than
 # 0.1 % between replays, so further digits are noise that would make identical sweeps differ in bytes.
@@ -56,125 +55,91 @@ class CompileResult:
     seconds: float
 
 
-def _first_lines(error: BaseException, limit: int = 400) -> str:
+def _first_lines(error: BaseException | str, limit: int = 400) -> str:
     """A compile error in a few hundred characters: Triton's messages can run to pages of MLIR."""
-    text = f"{type(error).__name__}: {error}".strip()
+    text = (error if isinstance(error, str) else f"{type(error).__name__}: {error}").strip()
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# Compiled launches by (kernel, argument types, constexprs, warps, stages, cc): keys that differ only
-# in a runtime size (most token buckets) compile to the same binary, so `check` compiles it once.
+# Compiled launches by (Triton's specialisation of the launch, cc): keys that differ only in a runtime
+# size (most token buckets) compile to the same binary, so `check` compiles it once, and a config that
+# fails is not compiled again for the next key.
 _compiled: dict[tuple[Any, ...], int | str] = {}
 
 
-def _as_jit(record: LaunchRecord) -> LaunchRecord:
-    return LaunchRecord(JITFunction(record.kernel.fn), record.args, record.num_warps, record.num_stages)
-
-
 def _compile_shared_bytes(record: LaunchRecord, cc: int) -> int | str:
-    """Shared memory the launch needs on `cc`, or why it does not compile."""
+    """Shared memory the launch needs on `cc`, as the launch would compile there, or why it does not compile.
+
+    Both paths compile through `compile_for_target`, as `gdn-tune warmup` does: the kernel's JIT entry
+    specialises the arguments as a launch does, which changes the kernel (chunk_state BV=128 w8 s4 needs
+    66316 bytes compiled from argument types alone, 246540 as launched on an H200).
+    """
+    interpreted = not isinstance(record.kernel, JITFunction)
     # An interpreted kernel has no parameter list; a JITFunction of the same Python function has.
-    typed = record if isinstance(record.kernel, JITFunction) else _as_jit(record)
-    signature, constexprs = launch_signature(typed)
-    memo_key = (
-        record.kernel.__module__,
-        record.kernel.__name__,
-        tuple(sorted(signature.items())),
-        tuple(sorted((k, repr(v)) for k, v in constexprs.items())),
-        record.num_warps,
-        record.num_stages,
-        cc,
-    )
-    if memo_key not in _compiled:
-        if isinstance(record.kernel, JITFunction):
-            try:
-                _compiled[memo_key] = int(compile_for_target(record, cc).metadata.shared)
-            except Exception as e:
-                _compiled[memo_key] = _first_lines(e)
-        else:
-            _compiled[memo_key] = _compile_in_worker(record, signature, constexprs, cc)
-    return _compiled[memo_key]
+    jit = _as_jit(record) if interpreted else record
+    try:
+        variant = describe_launch(jit, record.kernel.__name__)
+    except (TypeError, ValueError) as e:  # e.g. a pointer off 16-byte alignment: no Variant says that
+        if interpreted:
+            return f"cannot pass the launch to the compile worker: {e}"
+        variant = None
+    memo_key = (_specialisation(variant), cc) if variant is not None else None
+    if memo_key is not None and memo_key in _compiled:
+        return _compiled[memo_key]
+    if interpreted:
+        assert variant is not None
+        outcome = _compile_in_worker(variant, cc)
+    else:
+        try:
+            outcome = int(compile_for_target(record, cc).metadata.shared)
+        except Exception as e:
+            outcome = _first_lines(e)
+    if memo_key is not None:
+        _compiled[memo_key] = outcome
+    return outcome
+
+
+def _as_jit(record: LaunchRecord) -> LaunchRecord:
+    """An interpreted launch as a GPU process makes it: a JITFunction of the same Python function, and
+    INTERPRETED=False (kernels take the interpreter's workarounds as that constexpr, which launchers
+    pass from `gdn_kernels._launch.INTERPRETED`; compiled with it set, chunk_state BV=128 w8 s4 needs
+    65536 bytes instead of 246540)."""
+    args = record.args | ({"INTERPRETED": False} if "INTERPRETED" in record.args else {})
+    return LaunchRecord(JITFunction(record.kernel.fn), args, record.num_warps, record.num_stages)
 
 
 # Under TRITON_INTERPRET=1 (CPU runs, CI) `@triton.jit` makes InterpretedFunctions, which Triton's
 # compiler cannot take, and the variable is read when a kernel is decorated. So those launches are
-# compiled by a child process started without it, which imports the kernel's module afresh. One child
-# serves the whole process: its start (importing torch and triton) costs about 4 s on this CPU.
-_worker: subprocess.Popen[str] | None = None
-_worker_lock = threading.Lock()
+# compiled by `gdn-tune warmup`'s worker process, started without it, which imports the kernel's module
+# afresh. One worker per compute capability serves the whole process: its start (importing torch and
+# triton) costs about 4 s on this CPU.
+_workers: dict[int, _Worker] = {}
+_workers_lock = threading.Lock()
 
 
-def _compile_in_worker(record: LaunchRecord, signature: dict, constexprs: dict, cc: int) -> int | str:
-    global _worker
-    fn = record.kernel.fn
-    request = {
-        "module": fn.__module__,
-        "name": fn.__name__,
-        "signature": signature,
-        "constexprs": constexprs,
-        "num_warps": record.num_warps,
-        "num_stages": record.num_stages,
-        "cc": cc,
-    }
-    try:
-        line = json.dumps(request)
-    except TypeError:
-        return f"cannot pass the constexprs {constexprs!r} to the compile worker"
-    with _worker_lock:
-        if _worker is None or _worker.poll() is not None:
-            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+def _compile_in_worker(variant: Variant, cc: int) -> int | str:
+    with _workers_lock:
+        worker = _workers.get(cc)
+        if worker is None or worker.process.poll() is not None:
+            env = worker_environment(None)
+            # Spec modules loaded from extra paths must import in the worker too.
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-            _worker = subprocess.Popen(
-                [sys.executable, "-c", "from gdn_tune.tables import _serve_compiles; _serve_compiles()"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-        assert _worker.stdin is not None and _worker.stdout is not None
-        try:
-            _worker.stdin.write(line + "\n")
-            _worker.stdin.flush()
-            reply = _worker.stdout.readline()
-        except OSError as e:
-            return f"compile worker failed: {e}"
-    if not reply:
+            worker = _workers[cc] = _Worker(cc, env)
+        compiled = worker.compile(variant)
+    if compiled is None:
         return "the compile worker died"
-    answer = json.loads(reply)
-    return answer["shared"] if answer.get("error") is None else answer["error"]
-
-
-def _serve_compiles() -> None:
-    """The compile worker: one JSON request per line on stdin, one JSON answer per line on stdout."""
-    import importlib
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    # Answers go to a private copy of stdout; anything the compiler prints goes to stderr instead.
-    answers = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            kernel = getattr(importlib.import_module(request["module"]), request["name"])
-            source = ASTSource(kernel, signature=request["signature"], constexprs=request["constexprs"])
-            options = {"num_warps": request["num_warps"], "num_stages": request["num_stages"]}
-            compiled = triton.compile(source, target=GPUTarget("cuda", request["cc"], 32), options=options)
-            answer = {"shared": int(compiled.metadata.shared), "error": None}
-        except Exception as e:
-            answer = {"shared": None, "error": _first_lines(e)}
-        answers.write(json.dumps(answer) + "\n")
-        answers.flush()
+    if compiled.error is not None:
+        return _first_lines(compiled.error)
+    assert compiled.shared_bytes is not None
+    return compiled.shared_bytes
 
 
 def compile_check(spec: KernelSpec, key: Key, config: Config, target: GpuTarget) -> CompileResult:
     """Compile every launch `spec` makes for `key` with `config` for `target`; check shared memory.
 
     Inputs live on the "meta" device, so no memory is touched and no GPU is needed: the launcher's
-    launches are recorded and handed to Triton's compiler with an explicit GPUTarget.
+    launches are recorded and compiled by `compile_for_target`, with the specialisation a launch on
+    the target gets (shared memory depends on it), under a driver that names the target.
     """
     start = time.perf_counter()
 

@@ -19,9 +19,9 @@ How, and why this way rather than calling the public functions on real GPU tenso
    default preset instead of one per call).
 2. **Compile** (`run_warmup`, `--jobs` worker processes). Each variant goes through Triton's own JIT entry,
    `JITFunction.warmup(...)` (`run(warmup=True)`: the same binder, specialisation and cache key as a
-   launch, minus the launch). Workers install a compile-only driver that reports the target GPU and
-   touches no CUDA: no context, no GPU memory, start-up in about a second, so they scale with CPU
-   cores, and a machine without the GPU can fill a cache for it. Meta tensors have data pointer 0,
+   launch, minus the launch), by `gdn_kernels._launch.compile_for_target`, which the sweep's compile
+   check shares: it compiles under a compile-only driver that reports the target GPU and touches no
+   CUDA. Workers need no context and no GPU memory, start in about a second, scale with CPU cores, and a machine without the GPU can fill a cache for it. Meta tensors have data pointer 0,
    i.e. 16-byte aligned, as every tensor the public functions allocate or make contiguous is (the
    CUDA caching allocator aligns to 512 bytes).
 
@@ -335,15 +335,8 @@ def _describe_arg(param: Any, value: Any) -> Any:
 
 
 def _variant_of(record: Any, kernel_names: dict[int, str]) -> Variant | None:
-    kernel = record.kernel
-    name = kernel_names.get(id(kernel))
-    if name is None:
-        return None
-    args = tuple(
-        (p.name, _describe_arg(p, record.args.get(p.name, p.default if p.has_default else None)))
-        for p in kernel.params
-    )
-    return Variant(name, kernel.fn.__module__, kernel.fn.__name__, args, record.num_warps, record.num_stages)
+    name = kernel_names.get(id(record.kernel))
+    return None if name is None else describe_launch(record, name)
 
 
 def _specialisation(variant: Variant) -> tuple:
@@ -517,25 +510,6 @@ def plan_warmup(
 # Compiling: worker processes with a compile-only driver
 
 
-def _install_compile_only_driver(capability: int) -> None:
-    """Point Triton at a driver that names the target GPU and launches nothing (JITFunction.run with
-    warmup=True asks the driver for the target, the current device and its stream, nothing else)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    class CompileOnlyDriver:
-        def get_current_target(self) -> GPUTarget:
-            return GPUTarget("cuda", capability, 32)
-
-        def get_current_device(self) -> int:
-            return 0
-
-        def get_current_stream(self, device: int | None = None) -> int:
-            return 0
-
-    triton.runtime.driver.set_active(CompileOnlyDriver())
-
-
 def _rebuild_args(variant: Variant) -> dict[str, Any]:
     import torch
 
@@ -551,24 +525,35 @@ def _rebuild_args(variant: Variant) -> dict[str, Any]:
     }
 
 
-def compile_variant(variant: Variant) -> VariantResult:
-    """Compile one variant through the kernel's JIT warmup; Triton's listener says if it was cached."""
+def describe_launch(record: Any, kernel: str) -> Variant:
+    """The variant a recorded launch compiles (`kernel` names its spec), in JSON-able form."""
+    jit = record.kernel
+    args = tuple(
+        (p.name, _describe_arg(p, record.args.get(p.name, p.default if p.has_default else None)))
+        for p in jit.params
+    )
+    return Variant(kernel, jit.fn.__module__, jit.fn.__name__, args, record.num_warps, record.num_stages)
+
+
+def compile_variant(variant: Variant, capability: int) -> VariantResult:
+    """Compile one variant for `capability` as a launch would (`compile_for_target`: the kernel's JIT
+    warmup under a compile-only driver); Triton's listener says if it was cached."""
     import importlib
 
     import triton
+
+    from gdn_kernels._launch import LaunchRecord, compile_for_target
 
     seen: list[bool] = []
     triton.knobs.compilation.listener = lambda **kw: seen.append(bool(kw["cache_hit"]))
     started = time.monotonic()
     try:
         kernel = getattr(importlib.import_module(variant.module), variant.function)
-        compiled = kernel.warmup(
-            **_rebuild_args(variant), grid=(1,), num_warps=variant.num_warps, num_stages=variant.num_stages
-        )
+        record = LaunchRecord(kernel, _rebuild_args(variant), variant.num_warps, variant.num_stages)
+        compiled = compile_for_target(record, capability)
     except Exception as e:  # a compiler error is reported per variant; the others still compile
-        return VariantResult(
-            variant.label, variant.kernel, "failed", time.monotonic() - started, error=repr(e)
-        )
+        error = f"{type(e).__name__}: {e}"
+        return VariantResult(variant.label, variant.kernel, "failed", time.monotonic() - started, error=error)
     finally:
         triton.knobs.compilation.listener = None
     # No listener call: the worker compiled an identical specialisation earlier (in-memory cache).
@@ -580,12 +565,11 @@ def compile_variant(variant: Variant) -> VariantResult:
 
 def _worker_main(capability: int) -> None:
     """`python -m gdn_tune.warmup --worker CC`: compile the variants read from stdin, one JSON per line."""
-    _install_compile_only_driver(capability)
     out = sys.stdout
     for line in sys.stdin:
         if not line.strip():
             continue
-        result = compile_variant(Variant.from_dict(json.loads(line)))
+        result = compile_variant(Variant.from_dict(json.loads(line)), capability)
         out.write(RESULT_PREFIX + json.dumps(asdict(result)) + "\n")
         out.flush()
 
