@@ -79,3 +79,19 @@ def test_failure_kinds_group_errors_that_differ_only_in_numbers():
     b = failure_kind("infeasible", "needs 198656 bytes of shared memory, the target has 232448")
     assert a == b == "needs N bytes of shared memory, the target has N"
     assert failure_kind("crashed", None) == "(no error text)"
+
+
+def test_failure_kind_of_a_traceback_kept_by_its_tail_is_its_exception_line():
+    tail = (
+        "...cent call last):\n"
+        '  File "/x/worker.py", line 112, in _run_trial\n'
+        "    measurement = measure(spec, key, config)\n"
+        "                  ^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+        '  File "/x/triton/compiler/compiler.py", line 482, in _init_handles\n'
+        '    raise OutOfResources(self.metadata.shared, max_shared, "shared memory")\n'
+        "triton.runtime.errors.OutOfResources: out of resource: shared memory, Required: 246540, "
+        "Hardware limit: 232448. Reducing block sizes or `num_stages` may help.\n"
+    )
+    assert failure_kind("infeasible", tail) == (
+        "OutOfResources: out of resource: shared memory, Required: N, Hardware limit: N. Reducing b"
+    )

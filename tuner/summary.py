@@ -23,13 +23,29 @@ STATUSES = tuple(s.value for s in TrialStatus)
 # longest trial is bounded by the 180 s trial timeout plus a worker restart).
 RUN_GAP_S = 600.0
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+# The module path of an exception's name ("triton.runtime.errors.OutOfResources: ..."), left out.
+_EXCEPTION_MODULE = re.compile(r"^(?:\w+\.)+(?=\w+:)")
 
 
 def failure_kind(status: str, error: str | None) -> str:
-    """A short, groupable description of why a trial failed: its error's first line with numbers
-    replaced by N (so "needs 262144 bytes" and "needs 198656 bytes" count as one kind)."""
-    first = (error or "").strip().splitlines()[0] if (error or "").strip() else "(no error text)"
-    return _NUMBER.sub("N", first)[:90]
+    """A short, groupable description of why a trial failed: its error's exception line (see
+    `_exception_line`) with numbers replaced by N (so "needs 262144 bytes" and "needs 198656 bytes"
+    count as one kind)."""
+    text = (error or "").strip()
+    return _NUMBER.sub("N", _exception_line(text))[:90] if text else "(no error text)"
+
+
+def _exception_line(error: str) -> str:
+    """The line that names the exception. A trial's error is a traceback kept by its tail (it starts
+    "...cent call last):"), whose exception line follows the last frame; other errors are one message,
+    named by its first line."""
+    lines = [line for line in error.splitlines() if line.strip()]
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    if not frames:
+        return lines[0]
+    # After the last frame come its source and caret lines (indented), then the exception's line.
+    after = [line for line in lines[frames[-1] + 1 :] if not line.startswith(" ")]
+    return _EXCEPTION_MODULE.sub("", after[0] if after else lines[-1])
 
 
 def sweep_summary(storage: Storage, target: str | None = None) -> dict[str, Any]:
@@ -154,7 +170,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append("None: every trial was ok.")
     else:
         lines += [
-            "| kernel | status | kind (first line of the error, numbers as N) | trials |",
+            "| kernel | status | kind (the error's exception line, numbers as N) | trials |",
             "| --- | --- | --- | --- |",
         ]
         for f in summary["failures"]:
