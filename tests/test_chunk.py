@@ -198,15 +198,7 @@ def e2e_case_id(case) -> str:
 
 def run_and_compare(p: dict, output_final_state: bool, l2norm: bool) -> tuple[dict, tuple]:
     o, final_state = chunk_gated_delta_rule(
-        p["q"],
-        p["k"],
-        p["v"],
-        p["g"],
-        p["beta"],
-        initial_state=p["initial_state"],
-        output_final_state=output_final_state,
-        cu_seqlens=p["cu_seqlens"],
-        use_qk_l2norm_in_kernel=l2norm,
+        **p, output_final_state=output_final_state, use_qk_l2norm_in_kernel=l2norm
     )
     ref_o, ref_state = gated_delta_rule_reference(
         p["q"],
@@ -241,13 +233,8 @@ def test_chunk_gated_delta_rule_matches_recurrence(case, device, poisoned_output
 
 def test_int64_cu_seqlens_give_the_int32_result(device):
     p = make_problem(VARLEN_LENGTHS, 1, 2, 64, 64, torch.bfloat16, device)
-    args = (p["q"], p["k"], p["v"], p["g"], p["beta"])
-    o32, s32 = chunk_gated_delta_rule(
-        *args, initial_state=p["initial_state"], output_final_state=True, cu_seqlens=p["cu_seqlens"]
-    )
-    o64, s64 = chunk_gated_delta_rule(
-        *args, initial_state=p["initial_state"], output_final_state=True, cu_seqlens=p["cu_seqlens"].long()
-    )
+    o32, s32 = chunk_gated_delta_rule(**p, output_final_state=True)
+    o64, s64 = chunk_gated_delta_rule(**{**p, "cu_seqlens": p["cu_seqlens"].long()}, output_final_state=True)
     assert torch.equal(o32, o64) and torch.equal(s32, s64)
 
 
@@ -381,16 +368,7 @@ GPU_CASES = {
 def test_real_shapes_match_the_chunked_reference_on_gpu(case):
     lengths, H, HV = GPU_CASES[case]
     p = make_problem(lengths, H, HV, 128, 128, torch.bfloat16, torch.device("cuda"))
-    o, final_state = chunk_gated_delta_rule(
-        p["q"],
-        p["k"],
-        p["v"],
-        p["g"],
-        p["beta"],
-        initial_state=p["initial_state"],
-        output_final_state=True,
-        cu_seqlens=p["cu_seqlens"],
-    )
+    o, final_state = chunk_gated_delta_rule(**p, output_final_state=True)
     ref = chunk_stages_reference(
         p["q"],
         p["k"],
@@ -414,17 +392,7 @@ def test_forward_never_synchronises_with_the_host(l2norm):
     p = make_problem((1000, 3000, 4096, 96), 16, 64, 128, 128, torch.bfloat16, torch.device("cuda"))
 
     def forward():
-        return chunk_gated_delta_rule(
-            p["q"],
-            p["k"],
-            p["v"],
-            p["g"],
-            p["beta"],
-            initial_state=p["initial_state"],
-            output_final_state=True,
-            cu_seqlens=p["cu_seqlens"],
-            use_qk_l2norm_in_kernel=l2norm,
-        )
+        return chunk_gated_delta_rule(**p, output_final_state=True, use_qk_l2norm_in_kernel=l2norm)
 
     forward()  # warm-up: compiles the kernels and resolves the configs
     with host_synchronisation_forbidden():
