@@ -118,6 +118,19 @@ def test_smoke_sweep_measures_every_candidate_and_picks_a_correct_winner(smoke_d
         assert json.loads(default_config) == GATING.default.as_dict()
 
 
+def test_the_summary_says_where_the_measuring_time_went(smoke_db):
+    _, _, summary = smoke_db
+    workers, own = summary["worker_seconds"], summary["sweep_seconds"]
+    # Every trial loads, checks, captures and times its config; each problem builds its bench once and
+    # re-times its top candidates.
+    assert set(workers) == {"setup", "load", "check", "capture", "timing", "retime"}
+    # (No CUDA graph to capture under the interpreter: that phase may round to 0.)
+    assert all(s > 0 for name, s in workers.items() if name != "capture")
+    assert {"database", "strategy", "waiting"} <= set(own)
+    # The workers' time is part of the measuring wall time the process waited through.
+    assert sum(workers.values()) <= summary["measure_wall_s"]
+
+
 def test_the_same_command_again_measures_nothing(smoke_db):
     path, url, _ = smoke_db
     before = _rows(path, "SELECT COUNT(*), MAX(id) FROM tune_trials")

@@ -241,6 +241,9 @@ def sweep(
             f"{summary.skipped_already_done} already done; compile {summary.compile_wall_s:.1f} s, "
             f"measure {summary.measure_wall_s:.1f} s."
         )
+        if summary.worker_seconds:
+            click.echo("  workers' time: " + _seconds_line(summary.worker_seconds))
+            click.echo("  this process:  " + _seconds_line(summary.sweep_seconds))
         for label in summary.no_correct_config:
             click.echo(f"  no correct config: {label}")
         if summary.stopped:
@@ -420,3 +423,10 @@ def _plot_speedups(table: list[dict[str, Any]], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     click.echo(f"wrote {path}")
+
+
+def _seconds_line(seconds: dict[str, float]) -> str:
+    """ "load 12.3 s (41 %), check ..." with the share of the total, largest first."""
+    total = sum(seconds.values()) or 1.0
+    parts = sorted(seconds.items(), key=lambda item: -item[1])
+    return ", ".join(f"{name} {s:.1f} s ({100 * s / total:.0f} %)" for name, s in parts)

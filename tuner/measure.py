@@ -16,10 +16,12 @@ exercises the whole pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -103,10 +105,39 @@ class ProblemBench:
         self.spec = spec
         self.key = key
         self.device = torch.device(device)
-        self.inputs = spec.make_inputs(key, self.device, seed)
-        with torch.no_grad():
-            self.reference = spec.reference(self.inputs)
+        # Where this bench's wall time went, by phase: the sweep reports it, so a slow sweep says why.
+        self.seconds: Counter[str] = Counter()
+        with self.phase("setup"):
+            self.inputs = spec.make_inputs(key, self.device, seed)
+            with torch.no_grad():
+                self.reference = spec.reference(self.inputs)
         self._copies: list[tuple[dict, dict]] | None = None
+        self._loaded: set[Config] = set()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Charge the wall time of the block, up to the GPU's completion of its work, to `name`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            _synchronize(self.device)
+            self.seconds[name] += time.perf_counter() - start
+
+    def take_seconds(self) -> dict[str, float]:
+        """The time by phase since the last call."""
+        taken = dict(self.seconds)
+        self.seconds.clear()
+        return taken
+
+    def load(self, config: Config) -> None:
+        """Launch `config` once so its kernels are compiled or loaded from Triton's cache: the first
+        launch of a config in a process costs that, and it is charged to "load", not to the check."""
+        if config in self._loaded:
+            return
+        with self.phase("load"):
+            self.spec.launch(self.inputs, self.spec.make_outputs(self.inputs), config)
+        self._loaded.add(config)
 
     # Correctness -------------------------------------------------------------------------------
     def _run_poisoned(self, config: Config) -> dict[str, torch.Tensor]:
@@ -136,16 +167,20 @@ class ProblemBench:
     # Timing ------------------------------------------------------------------------------------
     def _input_copies(self) -> list[tuple[dict, dict]]:
         if self._copies is None:
-            copies = [(self.inputs, self.spec.make_outputs(self.inputs))]
-            if self.device.type == "cuda":
-                l2_bytes = torch.cuda.get_device_properties(self.device).L2_cache_size
-                per_copy = max(1, _tensor_bytes(copies[0][0]) + _tensor_bytes(copies[0][1]))
-                wanted = min(MAX_INPUT_COPIES, math.ceil(L2_MULTIPLE * l2_bytes / per_copy))
-                while len(copies) < wanted:
-                    inputs = _copy_inputs(self.inputs)
-                    copies.append((inputs, self.spec.make_outputs(inputs)))
-            self._copies = copies
+            with self.phase("setup"):
+                self._copies = self._make_copies()
         return self._copies
+
+    def _make_copies(self) -> list[tuple[dict, dict]]:
+        copies = [(self.inputs, self.spec.make_outputs(self.inputs))]
+        if self.device.type == "cuda":
+            l2_bytes = torch.cuda.get_device_properties(self.device).L2_cache_size
+            per_copy = max(1, _tensor_bytes(copies[0][0]) + _tensor_bytes(copies[0][1]))
+            wanted = min(MAX_INPUT_COPIES, math.ceil(L2_MULTIPLE * l2_bytes / per_copy))
+            while len(copies) < wanted:
+                inputs = _copy_inputs(self.inputs)
+                copies.append((inputs, self.spec.make_outputs(inputs)))
+        return copies
 
     def _launch_all(self, config: Config) -> Callable[[], None]:
         copies = self._input_copies()
@@ -196,14 +231,16 @@ class ProblemBench:
 
     def time(self, config: Config, budget_ms: float = CUDA_BUDGET_MS) -> Timing:
         """Per-launch time of `config`: median over repetitions that fill `budget_ms`."""
-        replay = self._replayable(config)
-        if self.device.type != "cuda":
-            replay()  # first run pays the interpreter's set-up
-            return Timing.of(self._per_launch_ms(replay, INTERPRET_REPETITIONS))
-        estimate_ms = statistics.median(self._per_launch_ms(replay, 3)) * len(self._input_copies())
-        repetitions = int(budget_ms / max(estimate_ms, 1e-3))
-        repetitions = max(CUDA_MIN_REPETITIONS, min(CUDA_MAX_REPETITIONS, repetitions))
-        return Timing.of(self._per_launch_ms(replay, repetitions))
+        with self.phase("capture"):
+            replay = self._replayable(config)
+        with self.phase("timing"):
+            if self.device.type != "cuda":
+                replay()  # first run pays the interpreter's set-up
+                return Timing.of(self._per_launch_ms(replay, INTERPRET_REPETITIONS))
+            estimate_ms = statistics.median(self._per_launch_ms(replay, 3)) * len(self._input_copies())
+            repetitions = int(budget_ms / max(estimate_ms, 1e-3))
+            repetitions = max(CUDA_MIN_REPETITIONS, min(CUDA_MAX_REPETITIONS, repetitions))
+            return Timing.of(self._per_launch_ms(replay, repetitions))
 
     def retime(self, configs: Sequence[Config], rounds: int | None = None) -> list[float]:
         """Median per-launch ms of each config, timed interleaved: round after round, one replay of
@@ -211,17 +248,23 @@ class ProblemBench:
         machine) falls on all of them alike instead of on whichever ran last."""
         if rounds is None:
             rounds = RETIME_ROUNDS_CUDA if self.device.type == "cuda" else RETIME_ROUNDS_INTERPRET
-        replays = [self._replayable(c) for c in configs]
+        for config in configs:
+            self.load(config)
+        with self.phase("capture"):
+            replays = [self._replayable(c) for c in configs]
         samples: list[list[float]] = [[] for _ in configs]
-        for r in range(rounds):
-            for i in [(r + j) % len(configs) for j in range(len(configs))]:
-                samples[i] += self._per_launch_ms(replays[i], 1)
+        with self.phase("retime"):
+            for r in range(rounds):
+                for i in [(r + j) % len(configs) for j in range(len(configs))]:
+                    samples[i] += self._per_launch_ms(replays[i], 1)
         return [statistics.median(s) for s in samples]
 
 
 def measure_trial(bench: ProblemBench, config: Config, budget_ms: float = CUDA_BUDGET_MS) -> Measurement:
     """Correctness, then timing; an exception out of the launcher is the caller's to classify."""
-    rel_error, wrong = bench.check(config)
+    bench.load(config)
+    with bench.phase("check"):
+        rel_error, wrong = bench.check(config)
     finite_error = rel_error if math.isfinite(rel_error) else None
     if wrong is not None:
         return Measurement(TrialStatus.WRONG, rel_error=finite_error, error=wrong)

@@ -23,7 +23,7 @@ import json
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -169,6 +169,10 @@ class SweepSummary:
     workers_replaced: int
     stopped: str | None = None  # "interrupted" (Ctrl-C) or "budget"
     claimant: str = ""  # this process in the database's claims and trials ("host:pid:tag")
+    # Where the measuring time went: the workers' wall time by phase (summed over workers), and this
+    # process's own work between their results.
+    worker_seconds: dict[str, float] = field(default_factory=dict)
+    sweep_seconds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -261,6 +265,17 @@ class _Run:
         self.measure_started: float | None = None
         self.measured_this_run = 0
         self.stopped: str | None = None
+        self.worker_seconds: Counter[str] = Counter()
+        self.sweep_seconds: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def clock(self, name: str) -> Iterator[None]:
+        """Charge the block's wall time to `name` in this process's own time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sweep_seconds[name] += time.perf_counter() - start
 
     def out_of_budget(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -303,7 +318,8 @@ class _Run:
                     "shared_bytes": compiled.shared_bytes,
                 }
             )
-        trial = self.storage.record_trial(plan.problem.id, config, measurement, worker=worker)
+        with self.clock("database"):
+            trial = self.storage.record_trial(plan.problem.id, config, measurement, worker=worker)
         plan.trials[config] = trial
         plan.new_trials += 1
         self.counts[trial.status] += 1
@@ -501,9 +517,10 @@ class _Scheduler:
         run = self.run
         while self.candidates and not run.out_of_budget() and time.monotonic() >= self.nothing_to_claim_until:
             free = self.candidates - set(self.active)
-            claim = run.storage.claim_problem(run.sweep_id, free, run.claimant, self.grace_s)
-            if claim is None:
-                claim = self._claim_done(free)
+            with run.clock("database"):
+                claim = run.storage.claim_problem(run.sweep_id, free, run.claimant, self.grace_s)
+                if claim is None:
+                    claim = self._claim_done(free)
             if claim is None:
                 # Everything left is held by live processes; one may die, so look again soon.
                 self.nothing_to_claim_until = time.monotonic() + min(1.0, self.grace_s / 4)
@@ -572,7 +589,8 @@ class _Scheduler:
             return self._trial_task(active, plan.spec.default)
         if active.stage == "search":
             assert active.search is not None
-            batch = [] if run.out_of_budget() else active.search.ask(1)
+            with run.clock("strategy"):
+                batch = [] if run.out_of_budget() else active.search.ask(1)
             if batch:
                 return self._trial_task(active, batch[0])
             if active.in_flight or run.out_of_budget():
@@ -656,6 +674,7 @@ class _Scheduler:
             self.pool.submit(task, worker)
 
     def _on_result(self, result: TaskResult) -> None:
+        self.run.worker_seconds.update(result.seconds)
         problem_id = self.task_owner.pop(result.task.task_id)
         active = self.active.get(problem_id)
         if active is None:
@@ -673,15 +692,16 @@ class _Scheduler:
             return
         self.run.measured_this_run += 1
         self.run.report("measure", active.index, active.plan.label)
-        if active.stage == "default":
-            active.stage = "search"
-            active.search = self.search_for(active.plan)
-        else:
-            assert active.search is not None
-            status = result.measurement.status
-            active.search.tell(
-                result.task.config, result.measurement.median_ms if status == TrialStatus.OK else None
-            )
+        with self.run.clock("strategy"):
+            if active.stage == "default":
+                active.stage = "search"
+                active.search = self.search_for(active.plan)
+            else:
+                assert active.search is not None
+                status = result.measurement.status
+                active.search.tell(
+                    result.task.config, result.measurement.median_ms if status == TrialStatus.OK else None
+                )
 
     def run_until_done(self) -> None:
         """Measure until every candidate problem is done (here or elsewhere) or the budget runs out."""
@@ -699,7 +719,9 @@ class _Scheduler:
                     # to die, and its claims to lapse).
                     time.sleep(max(0.0, min(1.0, self.nothing_to_claim_until - time.monotonic())))
                     continue
-                for result in self.pool.collect(timeout_s=min(1.0, self.heartbeat_interval_s)):
+                with self.run.clock("waiting"):
+                    results = self.pool.collect(timeout_s=min(1.0, self.heartbeat_interval_s))
+                for result in results:
                     self._on_result(result)
         finally:
             self.release()
@@ -874,6 +896,8 @@ def run_sweep(
         workers_replaced=replaced,
         stopped=run.stopped,
         claimant=run.claimant,
+        worker_seconds={k: round(v, 3) for k, v in sorted(run.worker_seconds.items())},
+        sweep_seconds={k: round(v, 3) for k, v in sorted(run.sweep_seconds.items())},
     )
     storage.dispose()
     return summary

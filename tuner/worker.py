@@ -67,6 +67,7 @@ class TaskResult:
     worker_replaced: bool = False  # the worker died or hung on this task
     worker_exits: bool = False  # the worker ends itself after sending this (its CUDA context is unusable)
     worker_index: int = -1  # the worker that ran it (or died or hung on it); set by the pool
+    seconds: dict[str, float] = field(default_factory=dict)  # the worker's wall time on it, by phase
 
 
 def _short_traceback(error: BaseException, limit: int = 2000) -> str:
@@ -96,6 +97,7 @@ def _serve(conn: Connection, extra_spec_paths: tuple[str, ...], device_name: str
         torch.cuda.init()
     conn.send("ready")
     bench: ProblemBench | None = None
+    started = time.perf_counter()
     while True:
         try:
             task = conn.recv()
@@ -106,6 +108,7 @@ def _serve(conn: Connection, extra_spec_paths: tuple[str, ...], device_name: str
         try:
             if bench is None or (bench.spec.name, bench.key) != (task.kernel, task.key):
                 bench = None  # free the previous problem's inputs before allocating the next
+                started = time.perf_counter()
                 bench = ProblemBench(specs[task.kernel], task.key, device)
             if isinstance(task, TrialTask):
                 result = TaskResult(task, measurement=measure_trial(bench, task.config, task.budget_ms))
@@ -116,11 +119,12 @@ def _serve(conn: Connection, extra_spec_paths: tuple[str, ...], device_name: str
             # worker ends after any error, and the pool starts a fresh one.
             exits = device.type == "cuda"
             failed = Measurement(_classify_exception(e), error=_short_traceback(e))
-            conn.send(TaskResult(task, measurement=failed, worker_exits=exits))
+            seconds = bench.take_seconds() if bench is not None else {"setup": time.perf_counter() - started}
+            conn.send(TaskResult(task, measurement=failed, worker_exits=exits, seconds=seconds))
             if exits:
                 return
             continue
-        conn.send(result)
+        conn.send(dataclasses.replace(result, seconds=bench.take_seconds()))
 
 
 @dataclass
