@@ -104,6 +104,15 @@ def compile_all(
     return results
 
 
+def _shape_class(job: CompileJob) -> tuple:
+    """Jobs alike but for their token or sequence bucket. Those almost always compile to the same binary
+    (a count is a runtime argument), so the first of a class is compiled alone and the others after it,
+    from Triton's cache, instead of all at once, each from scratch, on different cores."""
+    from gdn_kernels._tables import BUCKET_FIELDS
+
+    return (job.kernel, job.config, tuple((k, v) for k, v in job.key.items if k not in BUCKET_FIELDS))
+
+
 def _run_pool(
     jobs: list[CompileJob],
     target_name: str,
@@ -117,21 +126,35 @@ def _run_pool(
         processes, mp_context=get_context("spawn"), initializer=_load, initargs=(tuple(extra_paths),)
     )
     unfinished: list[CompileJob] = []
-    try:
+    followers: dict[tuple, list[CompileJob]] = {}
+    leaders: list[CompileJob] = []
+    for job in jobs:
+        shape_class = _shape_class(job)
+        if shape_class in followers:
+            followers[shape_class].append(job)
+        else:
+            followers[shape_class] = []
+            leaders.append(job)
+    futures: dict[Future, CompileJob] = {}
+
+    def submit(batch: list[CompileJob]) -> set[Future]:
         # Children are spawned during submit: compile them as real GPU code, never interpreted.
         with child_environment(TRITON_INTERPRET=None):
-            futures: dict[Future, CompileJob] = {
-                executor.submit(_compile_one, job, target_name): job for job in jobs
-            }
-        waiting = set(futures)
+            new = {executor.submit(_compile_one, job, target_name): job for job in batch}
+        futures.update(new)
+        return set(new)
+
+    try:
+        waiting = submit(leaders)
         while waiting:
             done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
             for future in done:
                 job = futures[future]
+                after = followers.pop(_shape_class(job), [])  # a leader is done: its class follows
                 try:
                     results[job] = future.result()
                 except BrokenProcessPool:
-                    unfinished.append(job)
+                    unfinished += [job, *after]
                     continue
                 except Exception as e:
                     results[job] = CompileResult(
@@ -139,6 +162,10 @@ def _run_pool(
                     )
                 if on_result is not None:
                     on_result(job, results[job])
+                try:
+                    waiting |= submit(after)
+                except BrokenProcessPool:
+                    unfinished += after
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
         raise

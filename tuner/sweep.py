@@ -595,6 +595,8 @@ class _Scheduler:
                 return self._trial_task(active, batch[0])
             if active.in_flight or run.out_of_budget():
                 return None
+            with run.clock("strategy"):
+                active.search.finish()
             active.stage = "pick"
         if active.stage == "pick" and active.retimed is None:
             return self._pick(active)

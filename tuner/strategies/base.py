@@ -8,6 +8,8 @@ Contract (ask/tell, so several workers can measure at once):
   `ask` may also return fewer than `n` while results it needs are outstanding.
 - `search.tell(config, time_ms)` reports a measured config: its time, or None when it failed (wrong,
   crashed, timed out). Every config `ask` returned is told exactly once.
+- `search.finish()` once the search is over (`ask` returned nothing and every result is told): the
+  search writes down whatever it keeps beyond the sweep's own trials (TPE: its Optuna study).
 - Configs measured before (`problem.measured`, e.g. by an earlier run of a resumed sweep) are answers
   the strategy uses without asking for them again: a config is never measured twice.
 
@@ -44,6 +46,9 @@ class Search(abc.ABC):
     @abc.abstractmethod
     def tell(self, config: Config, time_ms: float | None) -> None: ...
 
+    def finish(self) -> None:  # noqa: B027  (nothing to keep is the common case, not an omission)
+        """The search is over; see the module's contract."""
+
 
 class Strategy(abc.ABC):
     """A named search strategy with options declared as data."""
@@ -76,6 +81,7 @@ def run_search(search: Search, measure: Callable[[Config], float | None]) -> dic
         for config in batch:
             measured[config] = measure(config)
             search.tell(config, measured[config])
+    search.finish()
     return measured
 
 
