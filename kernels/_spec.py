@@ -286,6 +286,17 @@ class KernelSpec:
         return self._hash[0]
 
 
+def randn(*shape: int, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
+    """Standard normal float32 values drawn on the CPU from `generator` (the same values whatever the
+    device they go to), or for the meta device, where a launch is only compiled, an empty meta tensor:
+    drawing 16k tokens of inputs costs seconds, and the compile pool makes tens of thousands of them."""
+    import torch
+
+    if torch.device(device).type == "meta":
+        return torch.empty(shape, device="meta")
+    return torch.randn(shape, generator=generator)
+
+
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """‖out − ref‖ / ‖ref‖ in float64; inf when out has a NaN/inf (a poisoned element left unwritten)."""
     import torch

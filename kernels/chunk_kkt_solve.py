@@ -39,6 +39,7 @@ from ._spec import (
     Param,
     SearchSpace,
     pow2_ceil,
+    randn,
     stages,
     token_bucket,
     warps,
@@ -410,9 +411,9 @@ def _make_inputs(key: Key, device: torch.device | str, seed: int) -> dict:
     H, HV, K, T = (int(key[f]) for f in ("H", "HV", "K", "T"))
     dtype = getattr(torch, str(key["dtype"]))
     gen = torch.Generator("cpu").manual_seed(seed)
-    k = torch.nn.functional.normalize(torch.randn(1, T, H, K, generator=gen), dim=-1).to(dtype)
-    g = torch.nn.functional.logsigmoid(torch.randn(1, T, HV, generator=gen))
-    beta = torch.sigmoid(torch.randn(1, T, HV, generator=gen))
+    k = torch.nn.functional.normalize(randn(1, T, H, K, generator=gen, device=device), dim=-1).to(dtype)
+    g = torch.nn.functional.logsigmoid(randn(1, T, HV, generator=gen, device=device))
+    beta = torch.sigmoid(randn(1, T, HV, generator=gen, device=device))
     return {name: t.to(device) for name, t in (("k", k), ("g", g), ("beta", beta))}
 
 

@@ -30,6 +30,7 @@ from ._spec import (
     Param,
     SearchSpace,
     pow2_ceil,
+    randn,
     sequence_bucket,
     stages,
     token_bucket,
@@ -431,12 +432,12 @@ def make_stage_inputs(key: Key, device: torch.device | str, seed: int, sequences
             "scale": K**-0.5,
         }
     gen = torch.Generator("cpu").manual_seed(seed)
-    q = torch.randn(1, T, H, K, generator=gen)
-    k = l2norm_reference(torch.randn(1, T, H, K, generator=gen)).float()
-    v = torch.randn(1, T, HV, V, generator=gen)
-    g = torch.nn.functional.logsigmoid(torch.randn(1, T, HV, generator=gen))
-    beta = torch.sigmoid(torch.randn(1, T, HV, generator=gen))
-    initial_state = torch.randn(sequences, HV, K, V, generator=gen) * 0.1
+    q = randn(1, T, H, K, generator=gen, device=device)
+    k = l2norm_reference(randn(1, T, H, K, generator=gen, device=device)).float()
+    v = randn(1, T, HV, V, generator=gen, device=device)
+    g = torch.nn.functional.logsigmoid(randn(1, T, HV, generator=gen, device=device))
+    beta = torch.sigmoid(randn(1, T, HV, generator=gen, device=device))
+    initial_state = randn(sequences, HV, K, V, generator=gen, device=device) * 0.1
     cpu = {"q": q, "k": k, "v": v, "g": g, "beta": beta, "initial_state": initial_state}
     on_device = {name: t.to(device) for name, t in cpu.items()}
     q, k, v = (on_device[name].to(dtype) for name in ("q", "k", "v"))

@@ -24,6 +24,7 @@ from ._spec import (
     Param,
     SearchSpace,
     pow2_ceil,
+    randn,
     stages,
     token_bucket,
     warps,
@@ -288,10 +289,10 @@ def _make_inputs(key: Key, device: torch.device | str, seed: int) -> dict:
         }
     gen = torch.Generator("cpu").manual_seed(seed)
     cpu = {
-        "k": torch.nn.functional.normalize(torch.randn(1, T, H, K, generator=gen), dim=-1).to(dtype),
-        "v": torch.randn(1, T, HV, V, generator=gen).to(dtype),
-        "g": torch.nn.functional.logsigmoid(torch.randn(1, T, HV, generator=gen)),
-        "beta": torch.sigmoid(torch.randn(1, T, HV, generator=gen)),
+        "k": torch.nn.functional.normalize(randn(1, T, H, K, generator=gen, device=device), dim=-1).to(dtype),
+        "v": randn(1, T, HV, V, generator=gen, device=device).to(dtype),
+        "g": torch.nn.functional.logsigmoid(randn(1, T, HV, generator=gen, device=device)),
+        "beta": torch.sigmoid(randn(1, T, HV, generator=gen, device=device)),
     }
     inputs = {name: t.to(device) for name, t in cpu.items()}
     # A one-wide zero v: only gc and Ai are needed, and the recurrence then costs next to nothing.

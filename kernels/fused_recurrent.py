@@ -27,6 +27,7 @@ from ._spec import (
     Param,
     SearchSpace,
     pow2_ceil,
+    randn,
     sequence_bucket,
     stages,
     warps,
@@ -506,11 +507,11 @@ def _make_inputs(key: Key, device: torch.device | str, seed: int) -> dict:
     dtype = getattr(torch, key["dtype"])
     slots = 2 * N
     cpu = {
-        "q": torch.randn(1, N, H, K, generator=gen).to(dtype),
-        "k": torch.randn(1, N, H, K, generator=gen).to(dtype),
-        "v": torch.randn(1, N, HV, V, generator=gen).to(dtype),
-        "g": torch.nn.functional.logsigmoid(torch.randn(1, N, HV, generator=gen)),
-        "beta": torch.sigmoid(torch.randn(1, N, HV, generator=gen)),
+        "q": randn(1, N, H, K, generator=gen, device=device).to(dtype),
+        "k": randn(1, N, H, K, generator=gen, device=device).to(dtype),
+        "v": randn(1, N, HV, V, generator=gen, device=device).to(dtype),
+        "g": torch.nn.functional.logsigmoid(randn(1, N, HV, generator=gen, device=device)),
+        "beta": torch.sigmoid(randn(1, N, HV, generator=gen, device=device)),
         "cu_seqlens": torch.arange(N + 1, dtype=torch.int32),
         "ssm_state_indices": torch.randperm(slots, generator=gen)[:N].to(torch.int32),
     }

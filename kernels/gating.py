@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._launch import cdiv, launch
-from ._spec import Config, KernelSpec, Key, Param, SearchSpace, stages, token_bucket, warps
+from ._spec import Config, KernelSpec, Key, Param, SearchSpace, randn, stages, token_bucket, warps
 from ._tables import resolve_config
 
 SPACE = SearchSpace(
@@ -130,9 +130,9 @@ def _make_inputs(key: Key, device: torch.device | str, seed: int) -> dict:
     HV, T, dtype = key["HV"], key["T"], getattr(torch, key["dtype"])
     cpu = {
         "A_log": torch.log(torch.empty(HV).uniform_(1, 16, generator=gen)),
-        "a": torch.randn(T, HV, generator=gen).to(dtype),
-        "b": torch.randn(T, HV, generator=gen).to(dtype),
-        "dt_bias": torch.randn(HV, generator=gen),
+        "a": randn(T, HV, generator=gen, device=device).to(dtype),
+        "b": randn(T, HV, generator=gen, device=device).to(dtype),
+        "dt_bias": randn(HV, generator=gen, device=device),
     }
     return {name: t.to(device) for name, t in cpu.items()}
 

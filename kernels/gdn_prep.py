@@ -25,6 +25,7 @@ from ._spec import (
     Param,
     SearchSpace,
     pow2_ceil,
+    randn,
     stages,
     token_bucket,
     warps,
@@ -264,11 +265,11 @@ def _make_inputs(key: Key, device: torch.device | str, seed: int) -> dict:
     H, HV, K, V, T = key["H"], key["HV"], key["K"], key["V"], key["T"]
     dtype = getattr(torch, key["dtype"])
     cpu = {
-        "mixed_qkv": torch.randn(T, 2 * H * K + HV * V, generator=gen).to(dtype),
-        "a": torch.randn(T, HV, generator=gen).to(dtype),
-        "b": torch.randn(T, HV, generator=gen).to(dtype),
+        "mixed_qkv": randn(T, 2 * H * K + HV * V, generator=gen, device=device).to(dtype),
+        "a": randn(T, HV, generator=gen, device=device).to(dtype),
+        "b": randn(T, HV, generator=gen, device=device).to(dtype),
         "A_log": torch.log(torch.empty(HV).uniform_(1, 16, generator=gen)),
-        "dt_bias": torch.randn(HV, generator=gen),
+        "dt_bias": randn(HV, generator=gen, device=device),
     }
     return {**{name: t.to(device) for name, t in cpu.items()}, "H": H, "HV": HV, "K": K, "V": V}
 

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._launch import cdiv, launch
-from ._spec import Config, KernelSpec, Key, Param, SearchSpace, pow2_ceil, stages, token_bucket, warps
+from ._spec import Config, KernelSpec, Key, Param, SearchSpace, pow2_ceil, randn, stages, token_bucket, warps
 from ._tables import resolve_config
 from .reference import l2norm_reference
 
@@ -103,7 +103,7 @@ def _reference(inputs: dict) -> dict[str, torch.Tensor]:
 
 def _make_inputs(key: Key, device: torch.device | str, seed: int) -> dict:
     gen = torch.Generator("cpu").manual_seed(seed)
-    x = torch.randn(key["T"], key["D"], generator=gen).to(getattr(torch, key["dtype"]))
+    x = randn(key["T"], key["D"], generator=gen, device=device).to(getattr(torch, key["dtype"]))
     return {"x": x.to(device), "eps": 1e-6}
 
 

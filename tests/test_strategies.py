@@ -92,15 +92,15 @@ def test_tpe_asks_in_batches_without_duplicates_while_results_are_outstanding():
 def test_a_resumed_tpe_study_continues_in_the_database_and_never_reruns(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     first_log: list[Config] = []
-    first = run_search(
-        make_strategy("tpe", trials=12, seed=0).begin(Problem("resume", CANDIDATES, storage_url=url)),
-        _counting(first_log),
-    )
+    strategy = make_strategy("tpe", trials=12, seed=0)
+    first = run_search(strategy.begin(Problem("resume", CANDIDATES, storage_url=url)), _counting(first_log))
+    assert strategy.close() == []
     assert len(first_log) == 12
     # Same study, larger budget, what was measured handed back as a resumed sweep does.
     second_log: list[Config] = []
-    resumed = make_strategy("tpe", trials=30, seed=0).begin(Problem("resume", CANDIDATES, first, url))
-    run_search(resumed, _counting(second_log))
+    strategy = make_strategy("tpe", trials=30, seed=0)
+    run_search(strategy.begin(Problem("resume", CANDIDATES, first, url)), _counting(second_log))
+    assert strategy.close() == []
     assert len(second_log) == 30 - 12
     assert not set(first_log) & set(second_log), "a config measured in the first run was measured again"
 
@@ -133,3 +133,13 @@ def test_unknown_strategy_and_unknown_options_are_rejected_by_name():
         make_strategy("tpe", n_trials=5)
     with pytest.raises(ValueError, match="trials must be at least 1"):
         make_strategy("tpe", trials=0)
+
+
+def test_a_study_that_cannot_be_kept_is_reported_and_the_search_still_ends(tmp_path):
+    url = f"sqlite:///{tmp_path / 'missing' / 'study.db'}"  # a folder that does not exist
+    log: list[Config] = []
+    strategy = make_strategy("tpe", trials=6, seed=0)
+    measured = run_search(strategy.begin(Problem("lost", CANDIDATES, storage_url=url)), _counting(log))
+    assert len(measured) == len(log) == 6
+    (failure,) = strategy.close()
+    assert failure.startswith("study lost: ")

@@ -246,6 +246,8 @@ def sweep(
             click.echo("  this process:  " + _seconds_line(summary.sweep_seconds))
         for label in summary.no_correct_config:
             click.echo(f"  no correct config: {label}")
+        for failure in summary.strategy_failures:
+            click.echo(f"  warning: {failure}", err=True)
         if summary.stopped:
             click.echo(f"stopped ({summary.stopped}); run the same command to continue.")
     if summary.stopped == "interrupted":

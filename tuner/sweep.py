@@ -173,6 +173,7 @@ class SweepSummary:
     # process's own work between their results.
     worker_seconds: dict[str, float] = field(default_factory=dict)
     sweep_seconds: dict[str, float] = field(default_factory=dict)
+    strategy_failures: list[str] = field(default_factory=list)  # e.g. a TPE study not kept in the database
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -854,8 +855,10 @@ def run_sweep(
     except KeyboardInterrupt:
         run.stopped = "interrupted"
     except BaseException:
+        search_strategy.close()
         storage.close_sweep(sweep.id, SweepStatus.FAILED)
         raise
+    strategy_failures = search_strategy.close()
     if run.stopped is not None:
         status = SweepStatus.INTERRUPTED
         if run.measure_started is not None:
@@ -900,6 +903,7 @@ def run_sweep(
         claimant=run.claimant,
         worker_seconds={k: round(v, 3) for k, v in sorted(run.worker_seconds.items())},
         sweep_seconds={k: round(v, 3) for k, v in sorted(run.sweep_seconds.items())},
+        strategy_failures=strategy_failures,
     )
     storage.dispose()
     return summary

@@ -69,6 +69,11 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def begin(self, problem: Problem) -> Search: ...
 
+    def close(self) -> list[str]:
+        """Finish what the strategy does in the background for finished searches; returns what failed
+        (each a line), for the caller to report."""
+        return []
+
 
 def run_search(search: Search, measure: Callable[[Config], float | None]) -> dict[Config, float | None]:
     """Drive a search one config at a time with `measure` until it stops; returns what was measured.

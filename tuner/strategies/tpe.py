@@ -5,19 +5,22 @@ BLOCK 256 lies between 128 and 512, which a categorical would hide). A sample th
 candidate (a constraint fails, or it did not compile for the target) is told as infinitely slow, so TPE
 learns to avoid it; a sample already measured is answered from what is known and never re-run.
 
-The study of each problem lives in the sweep's database (Optuna's RDBStorage), named after the problem,
-where optuna-dashboard shows it. The sampling itself runs on an in-memory study: through RDBStorage
-one ask and tell cost 23 ms of SQLAlchemy work in the sweep's process (1.1 ms in memory), which at four
-GPUs is most of that process's time between results. The in-memory study starts from every config the
-sweep's trial table holds for the problem (it is the record a resumed or taken-over search continues
-from), and each config measured is written to the database's study when the search finishes.
+The study of each problem is kept in the sweep's database (Optuna's RDBStorage), named after the
+problem, where optuna-dashboard shows it. The sampling itself runs on an in-memory study: through
+RDBStorage one ask and tell cost 23 ms of SQLAlchemy work in the sweep's process (1.1 ms in memory), and
+opening a study and adding a search's trials to it another 130 ms a problem, which at four GPUs is most
+of that process's time between results. So the in-memory study starts from every config the sweep's
+trial table holds for the problem (the record a resumed or taken-over search continues from), and when
+the search finishes, a thread of its own writes the configs measured into the database's study.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from gdn_kernels import Config
@@ -28,13 +31,65 @@ from .base import Problem, Search, Strategy
 FAILED_MS = math.inf
 
 
+def _params_key(trial: Any) -> tuple:
+    return tuple(sorted(trial.params.items()))
+
+
+class _StudyKeeper:
+    """Adds finished searches' trials to their studies in the database, on a thread of its own, so the
+    sweep's loop never waits for it. A failure to keep a study loses nothing the sweep needs (its trial
+    table is the record); it is reported when the keeper closes."""
+
+    def __init__(self, storage_for: Callable[[str], Any]) -> None:
+        self._storage_for = storage_for
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.failures: list[str] = []
+
+    def keep(self, url: str, name: str, trials: list[Any]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="gdn-tune-study-keeper", daemon=True)
+            self._thread.start()
+        self._queue.put((url, name, trials))
+
+    def _serve(self) -> None:
+        import optuna
+
+        complete = (optuna.trial.TrialState.COMPLETE,)
+        while (item := self._queue.get()) is not None:
+            url, name, trials = item
+            try:
+                study = optuna.create_study(
+                    study_name=name, storage=self._storage_for(url), direction="minimize", load_if_exists=True
+                )
+                known = {_params_key(t) for t in study.get_trials(deepcopy=False, states=complete)}
+                study.add_trials([t for t in trials if _params_key(t) not in known])
+            except Exception as e:  # the study is a copy: the sweep goes on without it
+                self.failures.append(f"study {name}: {type(e).__name__}: {e}")
+
+    def close(self) -> None:
+        """Wait until every study handed over is written."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+
 class TpeSearch(Search):
-    def __init__(self, problem: Problem, study: Any, settings: dict[str, Any], kept: Any = None) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        study: Any,
+        settings: dict[str, Any],
+        keeper: _StudyKeeper | None = None,
+    ) -> None:
         import optuna
 
         self._optuna = optuna
         self._study = study  # sampled from: in memory
-        self._kept = kept  # the problem's study in the database (None: nothing kept)
+        self._name = problem.name
+        self._url = problem.storage_url
+        self._keeper = keeper  # writes the study into the database when the search finishes
         self._trials_budget = int(settings["trials"])
         self._patience = int(settings["patience"])
         self._candidates = set(problem.candidates)
@@ -51,7 +106,7 @@ class TpeSearch(Search):
         self._measured: dict[Config, float | None] = dict(problem.measured)
         self._outstanding: dict[Config, Any] = {}
         self._repeats = 0  # consecutive samples that brought nothing new
-        self._add_known_trials(self._study)
+        self._study.add_trials(self._measured_trials())  # what an earlier run or the default measured
 
     def _decode(self, params: dict[str, int]) -> Config:
         return Config.of(
@@ -67,24 +122,23 @@ class TpeSearch(Search):
         except (KeyError, ValueError):
             return None  # measured with a value outside today's candidates (e.g. the default)
 
-    def _add_known_trials(self, study: Any) -> None:
-        """Give `study` each measured config it lacks (from an earlier run, the default config)."""
-        complete = self._optuna.trial.TrialState.COMPLETE
-        in_study = {self._decode(t.params) for t in study.get_trials(deepcopy=False, states=(complete,))}
-        new = []
+    def _measured_trials(self) -> list[Any]:
+        """One finished Optuna trial per measured config (those outside today's space left out)."""
+        trials = []
         for config, time_ms in self._measured.items():
             params = self._encode(config)
-            if config in in_study or params is None:
-                continue
-            value = FAILED_MS if time_ms is None else time_ms
-            new.append(
-                self._optuna.trial.create_trial(params=params, distributions=self._distributions, value=value)
-            )
-        study.add_trials(new)
+            if params is not None:
+                value = FAILED_MS if time_ms is None else time_ms
+                trials.append(
+                    self._optuna.trial.create_trial(
+                        params=params, distributions=self._distributions, value=value
+                    )
+                )
+        return trials
 
     def finish(self) -> None:
-        if self._kept is not None:
-            self._add_known_trials(self._kept)
+        if self._keeper is not None and self._url is not None:
+            self._keeper.keep(self._url, self._name, self._measured_trials())
 
     def _finished(self) -> bool:
         measured_or_running = len(self._measured) + len(self._outstanding)
@@ -136,12 +190,11 @@ class TpeStrategy(Strategy):
             if int(self.settings[name]) < 1:
                 raise ValueError(f"tpe option {name} must be at least 1, got {self.settings[name]!r}")
         self._storages: dict[str, Any] = {}
+        self._keeper = _StudyKeeper(self._storage)
 
-    def _storage(self, url: str | None) -> Any:
+    def _storage(self, url: str) -> Any:
         import optuna
 
-        if url is None or url in ("sqlite://", "sqlite:///:memory:"):
-            return None  # Optuna's in-memory storage: a separate in-memory SQLite would be empty
         if url not in self._storages:
             from gdn_tune.migrations import optuna_schema_lock
 
@@ -163,11 +216,13 @@ class TpeStrategy(Strategy):
                 multivariate=True,  # block size and warps interact: model them jointly
                 constant_liar=True,  # configs in flight on other workers count as bad, so TPE spreads out
             )
-        storage = self._storage(problem.storage_url)
-        kept = None
-        if storage is not None:
-            kept = optuna.create_study(
-                study_name=problem.name, storage=storage, direction="minimize", load_if_exists=True
-            )
         study = optuna.create_study(study_name=problem.name, sampler=sampler, direction="minimize")
-        return TpeSearch(problem, study, self.settings, kept)
+        # An in-memory SQLite database is private to its connection: a study there would be empty
+        # to everyone else, so such a search keeps nothing.
+        in_memory = problem.storage_url in (None, "sqlite://", "sqlite:///:memory:")
+        return TpeSearch(problem, study, self.settings, None if in_memory else self._keeper)
+
+    def close(self) -> list[str]:
+        self._keeper.close()
+        failures, self._keeper.failures = self._keeper.failures, []
+        return failures
