@@ -78,6 +78,8 @@ def test_failure_kinds_group_errors_that_differ_only_in_numbers():
     a = failure_kind("infeasible", "needs 262144 bytes of shared memory, the target has 232448\ntrace")
     b = failure_kind("infeasible", "needs 198656 bytes of shared memory, the target has 232448")
     assert a == b == "needs N bytes of shared memory, the target has N"
+    # A number inside a name stays: it says which target.
+    assert failure_kind("infeasible", "needs 1 bytes, h200 has 2") == "needs N bytes, h200 has N"
     assert failure_kind("crashed", None) == "(no error text)"
 
 

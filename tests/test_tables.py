@@ -527,6 +527,10 @@ def test_write_is_deterministic_and_round_trips(tmp_path):
         tmp_path / "b", "sm90", GATING, entries[::-1], dict(reversed(MADE_WITH.items()))
     ).read_bytes()
     assert first == second
+    # Readable by whoever serves, as a file the umask lets through (not private as a temp file is).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a" / "sm90" / "gdn_gating.json").stat().st_mode & 0o777 == 0o666 & ~umask
     data = json.loads(first)
     assert [(e["key"]["HV"], e["key"]["T"]) for e in data["entries"]] == [
         (8, 64),

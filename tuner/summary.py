@@ -22,7 +22,7 @@ STATUSES = tuple(s.value for s in TrialStatus)
 # Consecutive trial commits further apart than this belong to different runs of a resumed sweep (the
 # longest trial is bounded by the 180 s trial timeout plus a worker restart).
 RUN_GAP_S = 600.0
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b")  # whole numbers only: "h200" is a name
 # The module path of an exception's name ("triton.runtime.errors.OutOfResources: ..."), left out.
 _EXCEPTION_MODULE = re.compile(r"^(?:\w+\.)+(?=\w+:)")
 

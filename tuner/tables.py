@@ -255,6 +255,11 @@ def write_table(
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
             f.flush()
+            # mkstemp makes the file private (0600); a table is read by whoever serves, as any file
+            # written here would be: the mode the umask gives a new file.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)
             os.fsync(f.fileno())
         os.replace(temp_name, path)
     except BaseException:
