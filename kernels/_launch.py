@@ -7,7 +7,8 @@ to the kernel's JIT entry under a driver that names the target and launches noth
 Running: Triton's `kernel[grid](**args)` binds and specialises every argument, builds a cache key with
 `str(options)`, reads several knobs and wraps the launch in hook calls on every call. After the first
 launch of a (kernel, config, specialisation), `launch` calls the compiled kernel's launcher directly
-instead. The specialisation key holds what Triton's cache key holds: each argument's specialisation
+instead. Before that first launch, a binary `gdn-tune warmup` compiled is loaded without Triton's
+per-process cache key (`_warm.py`). The specialisation key holds what Triton's cache key holds: each argument's specialisation
 as Triton's binder computes it (dtype and 16-byte alignment of pointers; integers equal to 1,
 divisible by 16, their width; None), each constexpr's value, the config, and the current device; two
 launches with equal keys run the same binary, so the direct call is exactly what Triton would run.
@@ -29,6 +30,7 @@ from triton import knobs
 from triton.runtime.jit import JITFunction
 
 from ._spec import Config
+from ._warm import load_warm
 
 
 @dataclass
@@ -72,9 +74,10 @@ def launch(kernel: Any, grid: tuple[int, ...], config: Config, **args: Any) -> N
                 *plan.positional(args),
             )
             return
-        compiled = kernel[grid](
-            **args, **config.block_params(), num_warps=config.num_warps, num_stages=config.num_stages
-        )
+        options = {**config.block_params(), "num_warps": config.num_warps, "num_stages": config.num_stages}
+        if binary is None:  # this process's first launch of it
+            load_warm(kernel, **args, **options)
+        compiled = kernel[grid](**args, **options)
         if hasattr(compiled, "packed_metadata"):
             plan.binaries[key] = _binary_of(compiled)
         return

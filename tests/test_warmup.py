@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -221,6 +222,11 @@ def test_warmup_compiles_for_sm90_on_the_cpu_and_real_tensor_calls_hit_its_cache
     assert first["plan"]["variants"] >= 4  # two kernels × (T divisible by 16, T not)
     assert all(r["shared_bytes"] is not None for r in first["results"])
     assert any(Path(cache).rglob("*.cubin"))
+    # Launchers link against the GPU driver's libcuda: built where it is installed, else reported.
+    ldconfig = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True).stdout
+    has_libcuda = "libcuda.so.1" in ldconfig or bool(os.environ.get("TRITON_LIBCUDA_PATH"))
+    assert bool(first["launchers_missing"]) == (not has_libcuda), first["launchers_missing"]
+    assert all(reason.startswith("not built: ") for reason in first["launchers_missing"])
 
     again = _warmup(*args, "--jobs", "1")
     assert again["counts"] == {"cached": first["plan"]["variants"]}, again["results"]
@@ -243,9 +249,18 @@ def test_warmup_compiles_for_sm90_on_the_cpu_and_real_tensor_calls_hit_its_cache
 GPU_FIRST_CALLS = textwrap.dedent(
     """
     import json, torch, triton
+    import triton.runtime.build
     import gdn_kernels
     misses = []
     triton.knobs.compilation.listener = lambda **kw: misses.append(kw["cache_hit"] is False)
+    # Triton builds a C module (a kernel signature's launcher, the driver's utilities) only on a miss
+    # of its cache, through this function.
+    builds = []
+    real_build = triton.runtime.build._build
+    def counting_build(name, *args, **kwargs):
+        builds.append(name)
+        return real_build(name, *args, **kwargs)
+    triton.runtime.build._build = counting_build
     dev = "cuda"
     H, HV, K, V = 16, 64, 128, 128
     for tokens, lengths in ((8192, [8192]), (8100, [1000, 3000, 4004, 96])):
@@ -273,7 +288,7 @@ GPU_FIRST_CALLS = textwrap.dedent(
             inplace_final_state=True,
         )
     torch.cuda.synchronize()
-    print(json.dumps({"compilations": len(misses), "misses": sum(misses)}))
+    print(json.dumps({"compilations": len(misses), "misses": sum(misses), "c_builds": builds}))
     """
 )
 
@@ -286,6 +301,7 @@ def test_gpu_production_calls_after_warmup_compile_nothing(tmp_path):
         "--cache-dir", str(cache),
     )  # fmt: skip
     assert not warm["plan"]["unreached"] and warm["counts"].get("failed", 0) == 0, warm
+    assert warm["launchers_missing"] == [], warm["launchers_missing"]
     done = subprocess.run(
         [sys.executable, "-c", GPU_FIRST_CALLS],
         capture_output=True,
@@ -297,3 +313,64 @@ def test_gpu_production_calls_after_warmup_compile_nothing(tmp_path):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["compilations"] > 0  # the listener saw the first loads
     assert report["misses"] == 0, report
+    assert report["c_builds"] == [], report  # launchers and driver utilities came from the warmup
+
+
+WARM_LOAD_CHECK = textwrap.dedent(
+    """
+    import json, sys
+    import triton.runtime.cache as compiler_cache
+    from gdn_kernels._launch import compile_only_driver
+    from gdn_kernels._warm import load_warm
+    from gdn_tune.presets import preset_by_name
+    from gdn_tune.warmup import _rebuild_args, plan_warmup, target_place
+    import importlib
+
+    place, cc, target = target_place("h200")
+    plan = plan_warmup(preset_by_name("smoke").workloads, place, cc, target, ["gdn_gating"])
+    # Triton's own compile path starts with this hash of its installation: a warm load never calls it.
+    calls = []
+    real_key = compiler_cache.triton_key
+    def counting_key():
+        calls.append(1)
+        return real_key()
+    compiler_cache.triton_key = counting_key  # where get_cache_key looks it up
+    hits = []
+    import triton
+    triton.knobs.compilation.listener = lambda **kw: hits.append(kw["cache_hit"])
+    for v in plan.variants:
+        kernel = getattr(importlib.import_module(v.module), v.function)
+        with compile_only_driver(cc):
+            load_warm(kernel, **_rebuild_args(v), num_warps=v.num_warps, num_stages=v.num_stages)
+    loaded = sum(len(c[0]) for k in {importlib.import_module(v.module).__dict__[v.function] for v in plan.variants}
+                 for c in k.device_caches.values())
+    print(json.dumps({"variants": len(plan.variants), "loaded": loaded, "hits": hits, "key_calls": len(calls)}))
+    """
+)
+
+
+def test_a_warmed_binary_loads_without_tritons_cache_key_and_a_cold_one_compiles(tmp_path):
+    cache = tmp_path / "triton-cache"
+
+    def first_launches() -> dict:
+        done = subprocess.run(
+            [sys.executable, "-c", WARM_LOAD_CHECK],
+            capture_output=True,
+            text=True,
+            env=_compiled_env(TRITON_CACHE_DIR=str(cache)),
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    cold = first_launches()  # nothing warmed: Triton compiles each variant, through its cache key
+    assert cold["variants"] >= 2 and cold["loaded"] == cold["variants"]
+    assert cold["hits"] == [False] * cold["variants"] and cold["key_calls"] >= cold["variants"]
+
+    shutil.rmtree(cache)
+    warm = _warmup("--preset", "smoke", "--gpu", "h200", "--kernels", "gdn_gating", "--cache-dir", str(cache))
+    assert warm["plan"]["variants"] == cold["variants"]
+    assert len(list((cache / "gdn_kernels-warm").glob("*.json"))) == cold["variants"]
+    hot = first_launches()
+    assert hot["loaded"] == hot["variants"] == cold["variants"]
+    assert hot["hits"] == [True] * hot["variants"] and hot["key_calls"] == 0, hot

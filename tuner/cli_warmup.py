@@ -133,6 +133,11 @@ def warmup(
         )
         for failure in result.failed:
             click.echo(f"  failed: {failure.label}: {failure.error}")
+        for reason in result.launchers_missing():
+            click.echo(
+                f"  launchers {reason} (each new signature then builds its launcher at first launch, "
+                "about 0.3 s; run the warmup where the GPU driver is installed)"
+            )
     if result.failed:
         sys.exit(1)
 

@@ -186,6 +186,8 @@ class VariantResult:
     seconds: float
     shared_bytes: int | None = None
     error: str | None = None
+    # Triton's C launcher for the kernel's signature: "built" (or found) in the cache, or why not.
+    launcher: str = ""
 
 
 @dataclass
@@ -201,6 +203,10 @@ class WarmupResult:
             counts[r.status] = counts.get(r.status, 0) + 1
         return dict(sorted(counts.items()))
 
+    def launchers_missing(self) -> list[str]:
+        """Why launchers were not built (each reason once), e.g. no libcuda on a machine without a GPU."""
+        return sorted({r.launcher for r in self.results if r.status != "failed" and r.launcher != "built"})
+
     @property
     def failed(self) -> list[VariantResult]:
         return [r for r in self.results if r.status == "failed"]
@@ -211,6 +217,7 @@ class WarmupResult:
             "jobs": self.jobs,
             "wall_seconds": round(self.wall_seconds, 3),
             "counts": self.counts(),
+            "launchers_missing": self.launchers_missing(),
             "compile_seconds": round(sum(r.seconds for r in self.results), 3),
             "results": [asdict(r) for r in self.results],
         }
@@ -543,6 +550,7 @@ def compile_variant(variant: Variant, capability: int) -> VariantResult:
     import triton
 
     from gdn_kernels._launch import LaunchRecord, compile_for_target
+    from gdn_kernels._warm import remember
 
     seen: list[bool] = []
     triton.knobs.compilation.listener = lambda **kw: seen.append(bool(kw["cache_hit"]))
@@ -558,9 +566,28 @@ def compile_variant(variant: Variant, capability: int) -> VariantResult:
         triton.knobs.compilation.listener = None
     # No listener call: the worker compiled an identical specialisation earlier (in-memory cache).
     status = "compiled" if seen and not seen[0] else "cached"
+    remember(kernel, compiled)  # a process's first launch of it then skips Triton's cache key
+    launcher = build_launcher(compiled)
+    seconds = time.monotonic() - started
     return VariantResult(
-        variant.label, variant.kernel, status, time.monotonic() - started, int(compiled.metadata.shared)
+        variant.label, variant.kernel, status, seconds, int(compiled.metadata.shared), launcher=launcher
     )
+
+
+def build_launcher(compiled: Any) -> str:
+    """Build, into Triton's cache, the C launcher Triton makes at a kernel's first launch in a process
+    (one C compile per argument signature, about 0.3 s each, which the compile itself does not do), and
+    the driver's own C utilities, built at a process's first CUDA use. Returns "built", or why not: both
+    link against libcuda, which a machine without the GPU's driver lacks; its first launches then build
+    them, as they would without warmup."""
+    try:
+        from triton.backends.nvidia.driver import CudaLauncher, CudaUtils
+
+        CudaUtils()  # one per process: cached, so the second call costs a file lookup
+        CudaLauncher(compiled.src, compiled.metadata)
+    except Exception as e:
+        return f"not built: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    return "built"
 
 
 def _worker_main(capability: int) -> None:
