@@ -45,6 +45,19 @@ def _compiled_env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
+def _run_reporting(code: str, cache: Path, timeout: int = 300) -> dict:
+    """Run `code` in a fresh compiling process on Triton cache `cache`; its last line is JSON."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_compiled_env(TRITON_CACHE_DIR=str(cache)),
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _warmup(*args: str, **env: str) -> dict:
     done = subprocess.run(
         [*CLI, "warmup", *args, "--json"],
@@ -233,15 +246,7 @@ def test_warmup_compiles_for_sm90_on_the_cpu_and_real_tensor_calls_hit_its_cache
 
     # The CPU tensors resolve no table (CPU device), so the configs are the defaults: the smoke plan
     # for h200 without tables resolves the defaults too.
-    done = subprocess.run(
-        [sys.executable, "-c", REAL_TENSOR_CHECK],
-        capture_output=True,
-        text=True,
-        env=_compiled_env(TRITON_CACHE_DIR=str(cache)),
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = _run_reporting(REAL_TENSOR_CHECK, cache)
     assert report["launches"] == 6
     assert report["hits"] and all(report["hits"]), report  # every compile Triton attempted was a hit
 
@@ -302,15 +307,7 @@ def test_gpu_production_calls_after_warmup_compile_nothing(tmp_path):
     )  # fmt: skip
     assert not warm["plan"]["unreached"] and warm["counts"].get("failed", 0) == 0, warm
     assert warm["launchers_missing"] == [], warm["launchers_missing"]
-    done = subprocess.run(
-        [sys.executable, "-c", GPU_FIRST_CALLS],
-        capture_output=True,
-        text=True,
-        env=_compiled_env(TRITON_CACHE_DIR=str(cache)),
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = _run_reporting(GPU_FIRST_CALLS, cache, timeout=600)
     assert report["compilations"] > 0  # the listener saw the first loads
     assert report["misses"] == 0, report
     assert report["c_builds"] == [], report  # launchers and driver utilities came from the warmup
@@ -352,18 +349,9 @@ WARM_LOAD_CHECK = textwrap.dedent(
 def test_a_warmed_binary_loads_without_tritons_cache_key_and_a_cold_one_compiles(tmp_path):
     cache = tmp_path / "triton-cache"
 
-    def first_launches() -> dict:
-        done = subprocess.run(
-            [sys.executable, "-c", WARM_LOAD_CHECK],
-            capture_output=True,
-            text=True,
-            env=_compiled_env(TRITON_CACHE_DIR=str(cache)),
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
-
-    cold = first_launches()  # nothing warmed: Triton compiles each variant, through its cache key
+    cold = _run_reporting(
+        WARM_LOAD_CHECK, cache
+    )  # nothing warmed: Triton compiles each variant, through its cache key
     assert cold["variants"] >= 2 and cold["loaded"] == cold["variants"]
     assert cold["hits"] == [False] * cold["variants"] and cold["key_calls"] >= cold["variants"]
 
@@ -371,6 +359,6 @@ def test_a_warmed_binary_loads_without_tritons_cache_key_and_a_cold_one_compiles
     warm = _warmup("--preset", "smoke", "--gpu", "h200", "--kernels", "gdn_gating", "--cache-dir", str(cache))
     assert warm["plan"]["variants"] == cold["variants"]
     assert len(list((cache / "gdn_kernels-warm").glob("*.json"))) == cold["variants"]
-    hot = first_launches()
+    hot = _run_reporting(WARM_LOAD_CHECK, cache)
     assert hot["loaded"] == hot["variants"] == cold["variants"]
     assert hot["hits"] == [True] * hot["variants"] and hot["key_calls"] == 0, hot
