@@ -15,11 +15,11 @@ first launch faster, never different.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +28,49 @@ from triton import knobs
 
 FOLDER = "gdn_kernels-warm"  # inside Triton's cache folder
 
+# Environment that changes Triton's binaries without being among its cache-invalidating variables
+# (those are read below): another ptxas or its options, another libdevice.
+_TOOLCHAIN_ENV = (
+    "TRITON_PTXAS_PATH",
+    "TRITON_PTXAS_BLACKWELL_PATH",
+    "PTXAS_OPTIONS",
+    "TRITON_LIBDEVICE_PATH",
+)
 
-@functools.cache
-def _fingerprint() -> str:
-    """What a binary depends on besides the launch: the kernels' sources and Triton's version and
-    cache-invalidating environment (TRITON_DEFAULT_FP_FUSION, ...). Read once per process (~1 ms)."""
+
+def _file_stamp(path: Path) -> str:
+    try:
+        stat = path.stat()
+    except OSError:
+        return "-"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _fingerprint_now() -> str:
+    """What a binary depends on besides the launch: the kernels' sources (as this process imported
+    them: computed at import), Triton's version and installation (libtriton and the bundled ptxas, by
+    size and modification time: a rebuild changes them), the toolchain's environment and Triton's
+    cache-invalidating variables (TRITON_DEFAULT_FP_FUSION, ...). About 1 ms."""
     from triton.runtime.jit import get_cache_invalidating_env_vars
 
-    digest = hashlib.sha256(f"{triton.__version__}|{triton.__file__}".encode())
+    triton_dir = Path(triton.__file__).parent
+    digest = hashlib.sha256(f"{triton.__version__}|{triton_dir}".encode())
+    for path in (*triton_dir.glob("_C/libtriton*"), triton_dir / "backends" / "nvidia" / "bin" / "ptxas"):
+        digest.update(f"{path.name}={_file_stamp(path)}".encode())
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(repr([(name, os.environ.get(name)) for name in _TOOLCHAIN_ENV]).encode())
     digest.update(repr(sorted(get_cache_invalidating_env_vars().items())).encode())
     return digest.hexdigest()
+
+
+_FINGERPRINT = _fingerprint_now()
+# One warm load at a time: the hook below is process-wide while it is installed.
+_lock = threading.Lock()
+
+
+def _fingerprint() -> str:
+    return _FINGERPRINT
 
 
 def _entry_path(kernel: Any, target: Any, key: str) -> Path:
@@ -64,9 +95,17 @@ def remember(kernel: Any, compiled: Any) -> bool:
             "files": sorted(p.name for p in paths),
         }
         fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(entry, f)
-        os.replace(temp, path)  # a reader sees the whole entry or none
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(entry, f)
+                # Readable by the server's user, as Triton's own cache files are (mkstemp makes 0600).
+                umask = os.umask(0)
+                os.umask(umask)
+                os.fchmod(f.fileno(), 0o666 & ~umask)
+            os.replace(temp, path)  # a reader sees the whole entry or none
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
         return True
     return False
 
@@ -96,15 +135,21 @@ def _load(kernel: Any, key: str, compile: dict[str, Any]) -> bool:
 def load_warm(kernel: Any, **run_kwargs: Any) -> None:
     """Before the first launch of a specialisation: bind the arguments as the launch will and load its
     warm binary if there is one (else Triton compiles or loads it here, as the launch would have)."""
-    previous = knobs.runtime.jit_cache_hook
-    if previous is not None:  # someone else decides about compiles: leave it to them
+    if knobs.compilation.always_compile:  # TRITON_ALWAYS_COMPILE: the user wants Triton to compile
         return
+    owner = threading.get_ident()
 
-    def hook(*, key: str, fn: Any, compile: dict[str, Any], **_: Any) -> bool:
-        return fn.jit_function is kernel and _load(kernel, key, compile)
+    def hook(*, key: str, fn: Any, compile: dict[str, Any], is_manual_warmup: bool, **_: Any) -> bool:
+        # Only this thread's warmup call: answering True to a real launch would skip that launch.
+        mine = is_manual_warmup and fn.jit_function is kernel and threading.get_ident() == owner
+        return mine and _load(kernel, key, compile)
 
-    knobs.runtime.jit_cache_hook = hook
-    try:
-        kernel.warmup(grid=(1,), **run_kwargs)
-    finally:
-        knobs.runtime.jit_cache_hook = previous
+    with _lock:
+        if knobs.runtime.jit_cache_hook is not None:  # someone else decides about compiles
+            return
+        knobs.runtime.jit_cache_hook = hook
+        try:
+            kernel.warmup(grid=(1,), **run_kwargs)
+        finally:
+            if knobs.runtime.jit_cache_hook is hook:
+                knobs.runtime.jit_cache_hook = None

@@ -45,13 +45,13 @@ def _compiled_env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
-def _run_reporting(code: str, cache: Path, timeout: int = 300) -> dict:
+def _run_reporting(code: str, cache: Path, timeout: int = 300, **env: str) -> dict:
     """Run `code` in a fresh compiling process on Triton cache `cache`; its last line is JSON."""
     done = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env=_compiled_env(TRITON_CACHE_DIR=str(cache)),
+        env=_compiled_env(TRITON_CACHE_DIR=str(cache), **env),
         timeout=timeout,
     )
     assert done.returncode == 0, done.stderr
@@ -341,6 +341,16 @@ WARM_LOAD_CHECK = textwrap.dedent(
             load_warm(kernel, **_rebuild_args(v), num_warps=v.num_warps, num_stages=v.num_stages)
     loaded = sum(len(c[0]) for k in {importlib.import_module(v.module).__dict__[v.function] for v in plan.variants}
                  for c in k.device_caches.values())
+    assert triton.knobs.runtime.jit_cache_hook is None  # the warm load's hook is gone
+    # Someone else's hook decides about compiles: a warm load leaves it in place and does nothing.
+    def theirs(**kw):
+        return None
+    triton.knobs.runtime.jit_cache_hook = theirs
+    with compile_only_driver(cc):
+        v = plan.variants[0]
+        kernel = getattr(importlib.import_module(v.module), v.function)
+        load_warm(kernel, **_rebuild_args(v), num_warps=v.num_warps, num_stages=v.num_stages)
+    assert triton.knobs.runtime.jit_cache_hook is theirs
     print(json.dumps({"variants": len(plan.variants), "loaded": loaded, "hits": hits, "key_calls": len(calls)}))
     """
 )
@@ -362,3 +372,6 @@ def test_a_warmed_binary_loads_without_tritons_cache_key_and_a_cold_one_compiles
     hot = _run_reporting(WARM_LOAD_CHECK, cache)
     assert hot["loaded"] == hot["variants"] == cold["variants"]
     assert hot["hits"] == [True] * hot["variants"] and hot["key_calls"] == 0, hot
+    # Another ptxas option would make Triton compile other binaries: the warm entries do not apply.
+    other = _run_reporting(WARM_LOAD_CHECK, cache, PTXAS_OPTIONS="-O2")
+    assert other["key_calls"] >= other["variants"], other

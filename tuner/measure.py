@@ -120,8 +120,8 @@ class ProblemBench:
         start = time.perf_counter()
         try:
             yield
+            _synchronize(self.device)  # not after an error: it would replace that error with its own
         finally:
-            _synchronize(self.device)
             self.seconds[name] += time.perf_counter() - start
 
     def take_seconds(self) -> dict[str, float]:
@@ -231,6 +231,7 @@ class ProblemBench:
 
     def time(self, config: Config, budget_ms: float = CUDA_BUDGET_MS) -> Timing:
         """Per-launch time of `config`: median over repetitions that fill `budget_ms`."""
+        self._input_copies()  # made once per problem, charged to "setup"
         with self.phase("capture"):
             replay = self._replayable(config)
         with self.phase("timing"):
@@ -250,6 +251,7 @@ class ProblemBench:
             rounds = RETIME_ROUNDS_CUDA if self.device.type == "cuda" else RETIME_ROUNDS_INTERPRET
         for config in configs:
             self.load(config)
+        self._input_copies()
         with self.phase("capture"):
             replays = [self._replayable(c) for c in configs]
         samples: list[list[float]] = [[] for _ in configs]

@@ -855,10 +855,9 @@ def run_sweep(
     except KeyboardInterrupt:
         run.stopped = "interrupted"
     except BaseException:
-        search_strategy.close()
         storage.close_sweep(sweep.id, SweepStatus.FAILED)
+        search_strategy.close(timeout_s=5.0)  # its failures would hide the error being raised
         raise
-    strategy_failures = search_strategy.close()
     if run.stopped is not None:
         status = SweepStatus.INTERRUPTED
         if run.measure_started is not None:
@@ -868,6 +867,7 @@ def run_sweep(
         others_at_work = storage.held_by_others(sweep.id, ids, run.claimant, claim_grace_s) > 0
     if not others_at_work:
         storage.close_sweep(sweep.id, status)
+    strategy_failures = search_strategy.close()
     fresh = {p.id: p for p in storage.problems(sweep.id)}
     for plan in plans:
         assert plan.problem is not None

@@ -69,9 +69,9 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def begin(self, problem: Problem) -> Search: ...
 
-    def close(self) -> list[str]:
-        """Finish what the strategy does in the background for finished searches; returns what failed
-        (each a line), for the caller to report."""
+    def close(self, timeout_s: float = 60.0) -> list[str]:
+        """Finish, within `timeout_s`, what the strategy does in the background for finished searches;
+        returns what failed (each a line), for the caller to report."""
         return []
 
 

@@ -67,11 +67,15 @@ class _StudyKeeper:
             except Exception as e:  # the study is a copy: the sweep goes on without it
                 self.failures.append(f"study {name}: {type(e).__name__}: {e}")
 
-    def close(self) -> None:
-        """Wait until every study handed over is written."""
+    def close(self, timeout_s: float) -> None:
+        """Wait until every study handed over is written, or `timeout_s` has passed (a database that
+        stopped answering): what is left unwritten then is counted in `failures`."""
         if self._thread is not None:
             self._queue.put(None)
-            self._thread.join()
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                left = self._queue.qsize()
+                self.failures.append(f"{left + 1} studies or fewer not written within {timeout_s:g} s")
             self._thread = None
 
 
@@ -222,7 +226,7 @@ class TpeStrategy(Strategy):
         in_memory = problem.storage_url in (None, "sqlite://", "sqlite:///:memory:")
         return TpeSearch(problem, study, self.settings, None if in_memory else self._keeper)
 
-    def close(self) -> list[str]:
-        self._keeper.close()
+    def close(self, timeout_s: float = 60.0) -> list[str]:
+        self._keeper.close(timeout_s)
         failures, self._keeper.failures = self._keeper.failures, []
         return failures
