@@ -143,3 +143,23 @@ def test_a_study_that_cannot_be_kept_is_reported_and_the_search_still_ends(tmp_p
     assert len(measured) == len(log) == 6
     (failure,) = strategy.close()
     assert failure.startswith("study lost: ")
+
+
+def test_tpe_asks_for_its_seeds_first_and_skips_those_it_cannot_or_need_not_measure():
+    seeds = (
+        CANDIDATES[40],
+        CANDIDATES[3],
+        CANDIDATES[40],
+        BEST,
+        Config.of(BLOCK=8192, num_warps=1, num_stages=1),
+    )
+    measured = {BEST: RECORDED[BEST]}  # already measured: not asked again
+    search = make_strategy("tpe", trials=12, seed=0).begin(
+        Problem("seeded", CANDIDATES, measured, seeds=seeds)
+    )
+    log: list[Config] = []
+    run_search(search, _counting(log))
+    # The two measurable seeds, once each and first; the duplicate, the measured one and the
+    # config outside the candidates are dropped.
+    assert log[:2] == [CANDIDATES[40], CANDIDATES[3]]
+    assert log.count(CANDIDATES[40]) == 1 and BEST not in log and len(log) == 11

@@ -625,6 +625,18 @@ class Storage:
         with self.session(f"read the winner of problem {problem_id}") as session:
             return session.scalars(sa.select(WinnerModel).where(WinnerModel.problem_id == problem_id)).first()
 
+    def winning_configs(self, problem_ids: Collection[int]) -> dict[int, Config]:
+        """The winning config of each of `problem_ids` that has a winner."""
+        if not problem_ids:
+            return {}
+        with self.session("read the winners of neighbouring problems") as session:
+            query = (
+                sa.select(WinnerModel.problem_id, TrialModel.config_json)
+                .join(TrialModel, TrialModel.id == WinnerModel.trial_id)
+                .where(WinnerModel.problem_id.in_(list(problem_ids)))
+            )
+            return {problem_id: config_from_json(text) for problem_id, text in session.execute(query)}
+
     def trial_counts(self, sweep_id: int) -> dict[str, int]:
         """Trials of a sweep by status."""
         with self.session(f"count the trials of sweep {sweep_id}") as session:

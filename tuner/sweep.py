@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import secrets
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ from typing import Any
 
 from gdn_kernels import Config, GpuTarget, KernelSpec, Key, Workload, target_by_name
 from gdn_kernels._spec import unique_keys
+from gdn_kernels._tables import BUCKET_FIELDS
 from gdn_kernels._targets import TARGETS, target_for_device
 
 from .compile_pool import CompileJob, compile_all
@@ -325,6 +327,39 @@ class _Run:
         plan.new_trials += 1
         self.counts[trial.status] += 1
         return trial
+
+
+# Winners of neighbouring buckets handed to a search as its first configs (see neighbour_seeds).
+NEIGHBOUR_SEEDS = 2
+
+
+def neighbour_seeds(
+    storage: Storage, plans: Sequence[_Plan], plan: _Plan, limit: int = NEIGHBOUR_SEEDS
+) -> tuple[Config, ...]:
+    """The winners already found for the same kernel and shape at the nearest other token (or
+    sequence) buckets, nearest first, at most `limit` distinct configs. The best config of a bucket is
+    often its neighbour's: a sampling search that tries those first cannot miss them (the anchors
+    sweep's chunk_state winner at 2/8 heads was never sampled by a 16-trial search that lacked it)."""
+
+    def shape(p: _Plan) -> tuple:
+        return p.spec.name, tuple((k, v) for k, v in p.key.items if k not in BUCKET_FIELDS)
+
+    def distance(p: _Plan) -> float:
+        return sum(
+            abs(math.log2(max(1, int(v))) - math.log2(max(1, int(plan.key[k]))))
+            for k, v in p.key.items
+            if k in BUCKET_FIELDS
+        )
+
+    mine = shape(plan)
+    near = sorted(
+        (distance(p), p.problem.id)
+        for p in plans
+        if p is not plan and p.problem is not None and shape(p) == mine
+    )
+    winners = storage.winning_configs([problem_id for _, problem_id in near])
+    seeds = dict.fromkeys(winners[problem_id] for _, problem_id in near if problem_id in winners)
+    return tuple(seeds)[:limit]
 
 
 def _measured_times(plan: _Plan) -> dict[Config, float | None]:
@@ -820,7 +855,9 @@ def run_sweep(
     def search_for(plan: _Plan) -> Search:
         assert plan.problem is not None
         name = f"gdn-tune/sweep{sweep.id}/{plan.spec.name}/{key_to_json(plan.key)}"
-        problem = Problem(name, tuple(plan.feasible), _measured_times(plan), storage.full_url)
+        with run.clock("database"):
+            seeds = neighbour_seeds(run.storage, plans, plan)
+        problem = Problem(name, tuple(plan.feasible), _measured_times(plan), storage.full_url, seeds)
         return search_strategy.begin(problem)
 
     settings = search_strategy.settings

@@ -35,6 +35,9 @@ class Problem:
     candidates: tuple[Config, ...]  # the feasible configs, in the search space's order
     measured: Mapping[Config, float | None] = field(default_factory=dict)  # time in ms; None: failed
     storage_url: str | None = None  # database for a strategy's own state; None keeps it in memory
+    # Configs worth measuring first: the winners of the same kernel at neighbouring token buckets, which
+    # are often the winner here too. A strategy that samples (TPE) asks for them before it explores.
+    seeds: tuple[Config, ...] = ()
 
 
 class Search(abc.ABC):

@@ -111,6 +111,10 @@ class TpeSearch(Search):
         self._outstanding: dict[Config, Any] = {}
         self._repeats = 0  # consecutive samples that brought nothing new
         self._study.add_trials(self._measured_trials())  # what an earlier run or the default measured
+        for config in dict.fromkeys(problem.seeds):
+            params = self._encode(config)
+            if config in self._candidates and config not in self._measured and params is not None:
+                self._study.enqueue_trial(params)  # the next asks return these first
 
     def _decode(self, params: dict[str, int]) -> Config:
         return Config.of(
