@@ -143,7 +143,12 @@ class WorkerStartError(RuntimeError):
 
 
 class WorkerPool:
-    """`count` worker processes (one per GPU, or CPU workers under the interpreter)."""
+    """`count` worker processes (one per GPU, or CPU workers under the interpreter).
+
+    With `wait=False` the processes start and the constructor returns at once: a worker imports torch
+    and sets up its GPU (seconds) while the caller does other work (the sweep compiles); `wait_ready`
+    then waits for them. Without, the constructor waits.
+    """
 
     def __init__(
         self,
@@ -151,6 +156,7 @@ class WorkerPool:
         interpret: bool,
         extra_spec_paths: tuple[str, ...] = (),
         trial_timeout_s: float = DEFAULT_TRIAL_TIMEOUT_S,
+        wait: bool = True,
     ) -> None:
         if count < 1:
             raise ValueError(f"workers must be at least 1, got {count}")
@@ -160,15 +166,32 @@ class WorkerPool:
         self.replaced = 0
         self._context = get_context("spawn")
         self._workers: list[_Worker] = []
+        self._starting: list[_Worker] = []
         try:
-            pending = [self._spawn(i) for i in range(count)]
-            for worker in pending:
-                self._await_ready(worker)
-                self._workers.append(worker)
+            for i in range(count):
+                self._starting.append(self._spawn(i))
         except BaseException:
-            for worker in pending:
-                worker.process.kill()
+            self._kill_starting()
             raise
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait until every started worker is ready; WorkerStartError (all killed) if one is not."""
+        try:
+            while self._starting:
+                self._await_ready(self._starting[0])
+                self._workers.append(self._starting.pop(0))
+        except BaseException:
+            self._kill_starting()
+            raise
+
+    def _kill_starting(self) -> None:
+        for worker in self._starting:
+            worker.process.kill()
+            worker.process.join()
+            worker.conn.close()
+        self._starting = []
 
     def _gpu(self, index: int) -> str:
         # Each worker sees only its own GPU, as cuda:0: the index-th of those this process may use.
@@ -314,6 +337,7 @@ class WorkerPool:
 
     def close(self) -> None:
         """Stop every worker; a busy one is killed (its trial is simply not recorded)."""
+        self._kill_starting()  # never waited for: nothing to hand over
         for worker in self._workers:
             if worker.task is None and worker.process.is_alive():
                 with contextlib.suppress(OSError):  # it may have died since
