@@ -8,10 +8,11 @@ Running: Triton's `kernel[grid](**args)` binds and specialises every argument, b
 `str(options)`, reads several knobs and wraps the launch in hook calls on every call. After the first
 launch of a (kernel, config, specialisation), `launch` calls the compiled kernel's launcher directly
 instead. Before that first launch, a binary `gdn-tune warmup` compiled is loaded without Triton's
-per-process cache key (`_warm.py`). The specialisation key holds what Triton's cache key holds: each argument's specialisation
-as Triton's binder computes it (dtype and 16-byte alignment of pointers; integers equal to 1,
-divisible by 16, their width; None), each constexpr's value, the config, and the current device; two
-launches with equal keys run the same binary, so the direct call is exactly what Triton would run.
+per-process cache key (`_warm.py`). The specialisation key holds what Triton's cache key holds: each
+argument's specialisation as Triton's binder computes it (dtype and 16-byte alignment of pointers;
+integers equal to 1, divisible by 16, their width; None), each constexpr's value, the config, and the
+current device; two launches with equal keys run the same binary, so the direct call is exactly what
+Triton would run.
 Launch hooks (Triton's profiler) and the interpreter always take Triton's own path.
 """
 

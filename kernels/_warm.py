@@ -5,8 +5,9 @@ still reaches each one through `compile()`, whose cache key starts with `triton_
 Triton's own installation (its Python files and the 500 MB libtriton), computed once per process, about
 0.35 s on the H200 host, before the first kernel can be found. So the warmup also writes, for each
 binary, a small entry named after what a launch knows without that hash: this package's sources, the
-Triton version and its cache-invalidating environment variables, the kernel, the target, and Triton's
-in-memory cache key of the launch (argument specialisation, constexprs, options). A first launch looks
+Triton installation (version, libtriton and ptxas by size and time), the toolchain's environment and
+Triton's cache-invalidating variables, the kernel, the target, and Triton's in-memory cache key of the
+launch (argument specialisation, constexprs, options). A first launch looks
 its entry up and hands Triton the binary as `compile()` would on a cache hit, through the JIT's
 `jit_cache_hook` (called before a compile; answering True skips it). Anything unexpected (no entry, a
 file gone, another hook installed) leaves the launch to Triton's own path: a warm entry can make the
@@ -18,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import triton
 from triton import knobs
+
+from ._files import write_text_atomically
 
 FOLDER = "gdn_kernels-warm"  # inside Triton's cache folder
 
@@ -69,12 +71,8 @@ _FINGERPRINT = _fingerprint_now()
 _lock = threading.Lock()
 
 
-def _fingerprint() -> str:
-    return _FINGERPRINT
-
-
 def _entry_path(kernel: Any, target: Any, key: str) -> Path:
-    name = f"{_fingerprint()}|{kernel.fn.__module__}.{kernel.fn.__qualname__}|{target!r}|{key}"
+    name = f"{_FINGERPRINT}|{kernel.fn.__module__}.{kernel.fn.__qualname__}|{target!r}|{key}"
     return Path(knobs.cache.dir) / FOLDER / f"{hashlib.sha256(name.encode()).hexdigest()}.json"
 
 
@@ -86,7 +84,6 @@ def remember(kernel: Any, compiled: Any) -> bool:
         if key is None:
             continue
         path = _entry_path(kernel, target, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         paths = [Path(p) for p in compiled.metadata_group.values()]
         # The folder Triton's cache manager keeps them in (named after the hash, encoded), and the files.
         entry = {
@@ -94,18 +91,7 @@ def remember(kernel: Any, compiled: Any) -> bool:
             "folder": paths[0].parent.name,
             "files": sorted(p.name for p in paths),
         }
-        fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(entry, f)
-                # Readable by the server's user, as Triton's own cache files are (mkstemp makes 0600).
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(f.fileno(), 0o666 & ~umask)
-            os.replace(temp, path)  # a reader sees the whole entry or none
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_text_atomically(path, json.dumps(entry))  # a reader sees the whole entry or none
         return True
     return False
 
@@ -121,7 +107,7 @@ def _load(kernel: Any, key: str, compile: dict[str, Any]) -> bool:
             return False
         src = kernel.ASTSource(kernel, compile["signature"], compile["constants"], compile["configs"][0])
         compiled = kernel.CompiledKernel(src, group, entry["hash"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except Exception:  # a damaged or foreign entry: Triton's own path decides
         return False
     cache[key] = compiled
     listener = knobs.compilation.listener

@@ -68,6 +68,19 @@ class Timing:
         return cls(statistics.median(ordered), ordered[0], ordered[-1], q3 - q1, len(ordered))
 
 
+@contextlib.contextmanager
+def charged(seconds: Counter[str], name: str, settle: Callable[[], None] | None = None) -> Iterator[None]:
+    """Add the wall time of the block to `seconds[name]`; `settle` ends the block's work first (a GPU
+    synchronisation), except after an error, which it would replace with its own."""
+    start = time.perf_counter()
+    try:
+        yield
+        if settle is not None:
+            settle()
+    finally:
+        seconds[name] += time.perf_counter() - start
+
+
 def _poisoned(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Fill outputs with values no kernel writes: NaN for floats, the largest value for integers."""
     for tensor in outputs.values():
@@ -114,15 +127,9 @@ class ProblemBench:
         self._copies: list[tuple[dict, dict]] | None = None
         self._loaded: set[Config] = set()
 
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str) -> contextlib.AbstractContextManager[None]:
         """Charge the wall time of the block, up to the GPU's completion of its work, to `name`."""
-        start = time.perf_counter()
-        try:
-            yield
-            _synchronize(self.device)  # not after an error: it would replace that error with its own
-        finally:
-            self.seconds[name] += time.perf_counter() - start
+        return charged(self.seconds, name, lambda: _synchronize(self.device))
 
     def take_seconds(self) -> dict[str, float]:
         """The time by phase since the last call."""

@@ -24,7 +24,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from gdn_kernels._tables import BUCKET_FIELDS
 from gdn_kernels._targets import TARGETS, target_for_device
 
 from .compile_pool import CompileJob, compile_all
+from .measure import charged
 from .presets import preset_by_name
 from .specs import available_specs, extra_spec_paths
 from .storage import (
@@ -271,14 +272,9 @@ class _Run:
         self.worker_seconds: Counter[str] = Counter()
         self.sweep_seconds: Counter[str] = Counter()
 
-    @contextlib.contextmanager
-    def clock(self, name: str) -> Iterator[None]:
+    def clock(self, name: str) -> contextlib.AbstractContextManager[None]:
         """Charge the block's wall time to `name` in this process's own time."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.sweep_seconds[name] += time.perf_counter() - start
+        return charged(self.sweep_seconds, name)
 
     def out_of_budget(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -865,11 +861,15 @@ def run_sweep(
     status = SweepStatus.FINISHED
     others_at_work = False
     pool: WorkerPool | None = None
+
+    def start_workers() -> WorkerPool:
+        with run.clock("starting workers"):
+            return WorkerPool(worker_count, interpret, extra_paths, trial_timeout_s, wait=False)
+
     try:
         if any(p.done_at is None for p in storage.problems(sweep.id)):
             # Workers import torch and set up their GPU (3 to 5 s) while the CPUs compile, not after.
-            with run.clock("starting workers"):
-                pool = WorkerPool(worker_count, interpret, extra_paths, trial_timeout_s, wait=False)
+            pool = start_workers()
         compile_started = time.monotonic()
         compile_jobs = _compile_phase(run, gpu_target, extra_paths, compile_processes)
         compile_wall = time.monotonic() - compile_started
@@ -885,9 +885,8 @@ def run_sweep(
         )
         run.measure_started = time.monotonic()
         if candidates and not run.out_of_budget():
+            pool = pool or start_workers()  # all problems were done, yet this run has more to measure
             with run.clock("starting workers"):
-                if pool is None:
-                    pool = WorkerPool(worker_count, interpret, extra_paths, trial_timeout_s, wait=False)
                 pool.wait_ready()
             scheduler = _Scheduler(
                 run, pool, candidates, search_for, strategy, settings, claim_grace_s, top_k

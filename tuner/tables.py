@@ -10,7 +10,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -20,6 +19,7 @@ from typing import Any
 
 from triton.runtime.jit import JITFunction
 
+from gdn_kernels._files import write_text_atomically
 from gdn_kernels._launch import LaunchRecord, compile_for_target, recording
 from gdn_kernels._registry import kernel_specs
 from gdn_kernels._spec import Config, KernelSpec, Key, unique_keys
@@ -249,22 +249,7 @@ def write_table(
     _check_name("arch", arch)
     text = table_text(arch, spec, entries, made_with)
     path = table_path(out_dir, arch, spec.name, device_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            # mkstemp makes the file private (0600); a table is read by whoever serves, as any file
-            # written here would be: the mode the umask gives a new file.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(f.fileno(), 0o666 & ~umask)
-            os.fsync(f.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, text)
     return path
 
 
