@@ -218,11 +218,19 @@ class Workload:
     tokens: int  # total tokens of the call (prefill) or sequences (decode: one token each)
     sequences: int = 1
     dtype: str = "bfloat16"
-    phase: str = "prefill"  # "prefill" (chunked path) or "decode" (one token per sequence)
+    # "prefill" (chunked path), "decode" (one token per sequence), "decode_gated" (gates computed in
+    # the decode kernel), "decode_packed" (q, k, v read from the fused projection), "spec_decode"
+    # (tokens / sequences draft tokens per sequence): each kernel is tuned for the phases it serves.
+    phase: str = "prefill"
+    state_dtype: str = "float32"  # the recurrent state's dtype (a serving engine's cache dtype)
+    state_layout: str = "kv"  # [.., K, V] ("kv") or [.., V, K] ("vk")
 
     @property
     def label(self) -> str:
-        return f"{self.dtype}-H{self.H}-HV{self.HV}-K{self.K}-V{self.V}-T{self.tokens}-N{self.sequences}"
+        label = f"{self.dtype}-H{self.H}-HV{self.HV}-K{self.K}-V{self.V}-T{self.tokens}-N{self.sequences}"
+        if (self.state_dtype, self.state_layout) != ("float32", "kv"):
+            label += f"-state={self.state_dtype}-{self.state_layout}"
+        return label
 
 
 @dataclass(frozen=True)
@@ -252,6 +260,9 @@ class KernelSpec:
     tolerance: float = 1e-2  # relative L2 error allowed per output, 16-bit inputs
     phases: tuple[str, ...] = ("prefill",)  # which workloads of a preset this kernel is tuned for
     bytes_moved: Callable[[Key], int] | None = None  # for bandwidth figures in reports
+    # Key fields whose value changes the compiled kernel but hardly its best config: a key with no
+    # entry of its own resolves as the key with these (field, value) pairs would.
+    fallback_fields: tuple[tuple[str, KeyValue], ...] = ()
     _hash: list[str] = field(default_factory=list, compare=False, repr=False)
     _keys: dict[tuple, Key] = field(default_factory=dict, compare=False, repr=False)
 

@@ -19,7 +19,7 @@ import os
 import threading
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -555,6 +555,10 @@ def _resolve(spec: KernelSpec, key: Key, device: torch.device) -> Resolution:
         return Resolution(spec.name, device_label, key, spec.default, "default", reason=place.why_none)
     tables = _tables_for(spec, place)
     found = _resolve_from_tables(spec, key, tables, device_label)
+    if found is None and spec.fallback_fields:
+        stand_in = Key(tuple((f, dict(spec.fallback_fields).get(f, v)) for f, v in key.items))
+        if stand_in != key and (found := _resolve_from_tables(spec, stand_in, tables, device_label)):
+            found = replace(found, key=key, source="nearest")
     if found is not None:
         return found
     reason = f"no table for {spec.name} on {place.arch}" if not tables else "no entry of this shape"

@@ -25,6 +25,8 @@ from .l2norm import l2norm
 # 16-bit inputs only: the kernels' matrix products take 16-bit operands with float32 accumulation;
 # float32 q/k/v would run as tf32 (10 mantissa bits) and look more precise than they are.
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
+STATE_LAYOUTS = ("kv", "vk")  # [.., K, V] (this package, FLA) or [.., V, K] (vLLM, SGLang, FlashInfer)
+STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _check_arguments(
@@ -35,6 +37,10 @@ def _check_arguments(
     beta: torch.Tensor,
     initial_state: torch.Tensor | None,
     cu_seqlens: torch.Tensor | None,
+    state_layout: str = "kv",
+    state_indices: torch.Tensor | None = None,
+    inplace_final_state: bool = False,
+    out: torch.Tensor | None = None,
 ) -> None:
     """Shapes, dtypes and devices only: the values stay on the device (reading them would sync)."""
     name = "chunk_gated_delta_rule"
@@ -76,14 +82,45 @@ def _check_arguments(
         if B != 1:
             raise ValueError(f"{name}: with cu_seqlens the batch must be packed into B == 1, got B = {B}")
         N = cu_seqlens.numel() - 1
-    if initial_state is not None:
-        if initial_state.shape != (N, HV, K, v.shape[3]):
+    if state_layout not in STATE_LAYOUTS:
+        raise ValueError(
+            f"{name}: state_layout must be 'kv' ([.., K, V]) or 'vk' ([.., V, K]), got {state_layout!r}"
+        )
+    V = v.shape[3]
+    if state_indices is not None:
+        if initial_state is None:
+            raise ValueError(f"{name}: state_indices needs initial_state (the state pool it indexes)")
+        if state_indices.shape != (N,) or state_indices.dtype not in (torch.int32, torch.int64):
             raise ValueError(
-                f"{name}: initial_state must be [N, HV, K, V] = [{N}, {HV}, {K}, {v.shape[3]}], "
+                f"{name}: state_indices must be int32/int64 [N={N}], got {state_indices.dtype} {tuple(state_indices.shape)}"
+            )
+    if inplace_final_state and initial_state is None:
+        raise ValueError(f"{name}: inplace_final_state=True needs initial_state to write into")
+    if initial_state is not None:
+        inner = (HV, K, V) if state_layout == "kv" else (HV, V, K)
+        rows = "slots" if state_indices is not None else N
+        if (
+            initial_state.dim() != 4
+            or tuple(initial_state.shape[1:]) != inner
+            or (state_indices is None and initial_state.shape[0] != N)
+        ):
+            raise ValueError(
+                f"{name}: initial_state must be [{rows}, {', '.join(map(str, inner))}] "
+                f"(state_layout={state_layout!r}: [.., HV, {'K, V' if state_layout == 'kv' else 'V, K'}]), "
                 f"got {tuple(initial_state.shape)}"
             )
-        if not initial_state.is_floating_point():
-            raise ValueError(f"{name}: initial_state must be floating point, got {initial_state.dtype}")
+        if initial_state.dtype not in STATE_DTYPES:
+            raise ValueError(
+                f"{name}: initial_state must be float32, bfloat16 or float16, got {initial_state.dtype}"
+            )
+        if initial_state.shape[0] and not initial_state[0].is_contiguous():
+            raise ValueError(
+                f"{name}: each slot of initial_state must be contiguous (strides {initial_state.stride()})"
+            )
+    if out is not None and (out.shape != v.shape or out.dtype != v.dtype or not out.is_contiguous()):
+        raise ValueError(
+            f"{name}: out must be a contiguous {v.dtype} {tuple(v.shape)}, got {out.dtype} {tuple(out.shape)}"
+        )
     if _varlen.max_chunks(B * T, N, CHUNK_SIZE) > MAX_GRID_CHUNKS:
         raise ValueError(
             f"{name}: {B * T} tokens in {N} sequences exceed {MAX_GRID_CHUNKS} chunks of {CHUNK_SIZE}"
@@ -96,6 +133,8 @@ def _check_arguments(
         "beta": beta,
         "initial_state": initial_state,
         "cu_seqlens": cu_seqlens,
+        "state_indices": state_indices,
+        "out": out,
     }
     for arg, t in named.items():
         if t is not None and t.device != q.device:
@@ -113,25 +152,38 @@ def chunk_gated_delta_rule(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     use_qk_l2norm_in_kernel: bool = False,
+    *,
+    state_layout: str = "kv",
+    state_indices: torch.Tensor | None = None,
+    inplace_final_state: bool = False,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gated delta rule over whole prompts → (o [B,T,HV,V] in v's dtype, final_state [N,HV,K,V] float32 or None).
+    """Gated delta rule over whole prompts → (o [B,T,HV,V] in v's dtype, final_state or None).
 
     q, k [B,T,H,K] and v [B,T,HV,V] in bf16 or fp16 (HV a multiple of H: query/key head h serves value
     heads h·HV/H onwards); g [B,T,HV] float32 log-decay (≤ 0); beta [B,T,HV] float32 or q's dtype;
-    scale defaults to K^-0.5; initial_state [N,HV,K,V] (any float dtype, read as float32).
-    With cu_seqlens (int32 or int64 [N+1], B == 1) the sequences are packed along T; its values must
-    start at 0, never decrease and end at T. They are not checked, since reading them would
-    synchronise with the GPU. use_qk_l2norm_in_kernel normalises q and k over K first.
+    scale defaults to K^-0.5. With cu_seqlens (int32 or int64 [N+1], B == 1) the sequences are packed
+    along T; its values must start at 0, never decrease and end at T. They are not checked, since
+    reading them would synchronise with the GPU. use_qk_l2norm_in_kernel normalises q and k over K first.
+
+    States are [.., HV, K, V] for state_layout="kv" (the default), [.., HV, V, K] for "vk" (vLLM's and
+    SGLang's caches), in float32, bfloat16 or float16 (read into float32). A [K, V] state passed as
+    "vk" cannot be told apart when K = V: name the layout the state really has. initial_state is
+    [N,HV,..], or with state_indices (int32/int64 [N]) a pool [slots,HV,..] whose slot state_indices[n]
+    sequence n starts from (a negative index: zeros, and nothing is written back). final_state: with
+    inplace_final_state, initial_state itself with each sequence's final state written into the slot
+    it was read from (the pool's dtype); else with output_final_state a new float32 [N,HV,..]; else
+    None. `out` (o's shape and dtype, contiguous) receives o instead of a new tensor.
     """
-    _check_arguments(q, k, v, g, beta, initial_state, cu_seqlens)
+    _check_arguments(
+        q, k, v, g, beta, initial_state, cu_seqlens, state_layout, state_indices, inplace_final_state, out
+    )
     T, K = q.shape[1], q.shape[3]
     scale = K**-0.5 if scale is None else float(scale)
     q, k, v, beta = q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous()
     # The decay is cumulated in float32; a 16-bit gate is cast here, so the kernels compile one variant
     # whatever the caller's gate dtype (a warm-up with another dtype must not leave a compile for later).
     g = g.contiguous() if g.dtype == torch.float32 else g.float()
-    if initial_state is not None:
-        initial_state = initial_state.contiguous()
     chunk_indices = chunk_offsets = None
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32)  # a no-op for int32; kernels index with int32
@@ -151,6 +203,9 @@ def chunk_gated_delta_rule(
         output_final_state=output_final_state,
         cu_seqlens=cu_seqlens,
         chunk_offsets=chunk_offsets,
+        state_layout=state_layout,
+        state_indices=state_indices,
+        inplace_final_state=inplace_final_state,
     )
-    o = chunk_output(q, k, v_new, h, gc, scale, cu_seqlens=cu_seqlens, chunk_indices=chunk_indices)
+    o = chunk_output(q, k, v_new, h, gc, scale, cu_seqlens=cu_seqlens, chunk_indices=chunk_indices, out=out)
     return o, final_state

@@ -194,8 +194,10 @@ def chunk_output(
     scale: float,
     cu_seqlens: torch.Tensor | None = None,
     chunk_indices: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """o [B,T,HV,V] in v_new's dtype, from q, k [B,T,H,K], v_new [B,T,HV,V], h [B,NT,HV,K,V], gc [B,T,HV].
+    """o [B,T,HV,V] in v_new's dtype, from q, k [B,T,H,K], v_new [B,T,HV,V], h [B,NT,HV,K,V], gc [B,T,HV];
+    written into `out` (contiguous, v_new's shape and dtype) when given.
 
     With int32 cu_seqlens (B == 1), chunk_indices [max_chunks, 2] (from `_varlen.chunk_indices`) maps each
     program to its (sequence, chunk), and h row i is global chunk i. Arguments are assumed validated by
@@ -213,7 +215,7 @@ def chunk_output(
         "cu_seqlens": cu_seqlens,
         "chunk_indices": chunk_indices,
     }
-    outputs = _make_outputs(inputs)
+    outputs = {"o": out} if out is not None else _make_outputs(inputs)
     B, T, H, K = q.shape
     HV, V = v_new.shape[2], v_new.shape[3]
     config = resolve_config(SPEC, _key(q.dtype, H, HV, K, V, B * T), q.device)

@@ -158,7 +158,9 @@ def _chunk_state_kernel(
     ht,
     cu_seqlens,
     chunk_offsets,
+    state_indices,
     T,
+    stride_h0,
     H: tl.constexpr,
     HV: tl.constexpr,
     K: tl.constexpr,
@@ -167,7 +169,9 @@ def _chunk_state_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr,
-    STORE_FINAL_STATE: tl.constexpr,
+    FINAL_MODE: tl.constexpr,
+    USE_STATE_INDICES: tl.constexpr,
+    STATE_VK: tl.constexpr,
     IS_VARLEN: tl.constexpr,
     INTERPRETED: tl.constexpr,
 ):
@@ -193,12 +197,29 @@ def _chunk_state_kernel(
     v_new_seq = v_new + (bos * HV + i_hv) * V
     gc_seq = gc + bos * HV + i_hv
 
+    # The state's [K, V] element strides and order: V contiguous ("kv") or K contiguous ("vk").
+    if STATE_VK:
+        state_strides, state_order = (1, K), (0, 1)
+    else:
+        state_strides, state_order = (V, 1), (1, 0)
+    # A state pool (SGLang's extend): sequence n's slot is state_indices[n]; a negative one starts from
+    # zeros and is not written back.
+    if USE_STATE_INDICES:
+        i_slot = tl.load(state_indices + i_n).to(tl.int64)
+    else:
+        i_slot = i_n.to(tl.int64)
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_INITIAL_STATE:
-        p_h0 = tl.make_block_ptr(
-            h0 + i_nh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0)
-        )
-        b_h += tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    if USE_INITIAL_STATE:  # noqa: SIM102 (a constexpr branch around a run-time one)
+        if i_slot >= 0:
+            p_h0 = tl.make_block_ptr(
+                h0 + i_slot * stride_h0 + i_hv * K * V,
+                (K, V),
+                state_strides,
+                (0, i_v * BV),
+                (BK, BV),
+                state_order,
+            )
+            b_h += tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
 
     if INTERPRETED:
         i_t = 0
@@ -247,15 +268,39 @@ def _chunk_state_kernel(
                 False,
             )
 
-    if STORE_FINAL_STATE:
+    if FINAL_MODE == 1:  # a new [N, HV, ..] tensor
         p_ht = tl.make_block_ptr(
-            ht + i_nh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0)
+            ht + i_nh.to(tl.int64) * K * V, (K, V), state_strides, (0, i_v * BV), (BK, BV), state_order
         )
         tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
+    elif FINAL_MODE == 2:  # noqa: SIM102 (constexpr around run-time): back into the slot read
+        if i_slot >= 0:
+            p_ht = tl.make_block_ptr(
+                h0 + i_slot * stride_h0 + i_hv * K * V,
+                (K, V),
+                state_strides,
+                (0, i_v * BV),
+                (BK, BV),
+                state_order,
+            )
+            tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
 
 
-def _key(dtype: torch.dtype | str, H: int, HV: int, K: int, V: int, tokens: int, sequences: int) -> Key:
-    return SPEC.memoised_key(dtype, H, HV, K, V, token_bucket(tokens), sequence_bucket(sequences))
+def _key(
+    dtype: torch.dtype | str,
+    H: int,
+    HV: int,
+    K: int,
+    V: int,
+    tokens: int,
+    sequences: int,
+    state_dtype: torch.dtype | str = "float32",
+    state_layout: str = "kv",
+) -> Key:
+    state_dtype = str(state_dtype).removeprefix("torch.")
+    return SPEC.memoised_key(
+        dtype, H, HV, K, V, token_bucket(tokens), sequence_bucket(sequences), state_dtype, state_layout
+    )
 
 
 def _launch_chunk_state(inputs: dict, outputs: dict, config: Config) -> None:
@@ -263,6 +308,8 @@ def _launch_chunk_state(inputs: dict, outputs: dict, config: Config) -> None:
     cu_seqlens = inputs.get("cu_seqlens")
     initial_state = inputs.get("initial_state")
     final_state = outputs.get("final_state")
+    state_indices = inputs.get("state_indices")
+    in_place = bool(inputs.get("inplace_final_state", False))
     B, T, H, K = k.shape
     HV, V = u.shape[2], u.shape[3]
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
@@ -277,10 +324,12 @@ def _launch_chunk_state(inputs: dict, outputs: dict, config: Config) -> None:
         h0=initial_state,
         h=outputs["h"],
         v_new=outputs["v_new"],
-        ht=final_state,
+        ht=None if in_place else final_state,
         cu_seqlens=cu_seqlens,
         chunk_offsets=inputs.get("chunk_offsets"),
+        state_indices=state_indices,
         T=T,
+        stride_h0=initial_state.stride(0) if initial_state is not None else 0,
         H=H,
         HV=HV,
         K=K,
@@ -288,7 +337,9 @@ def _launch_chunk_state(inputs: dict, outputs: dict, config: Config) -> None:
         BT=CHUNK_SIZE,
         BK=max(16, pow2_ceil(K)),  # tl.dot needs every dimension ≥ 16
         USE_INITIAL_STATE=initial_state is not None,
-        STORE_FINAL_STATE=final_state is not None,
+        FINAL_MODE=2 if in_place else int(final_state is not None),
+        USE_STATE_INDICES=state_indices is not None,
+        STATE_VK=inputs.get("state_layout", "kv") == "vk",
         IS_VARLEN=cu_seqlens is not None,
         INTERPRETED=INTERPRETED,
     )
@@ -310,8 +361,9 @@ def _make_outputs(inputs: dict) -> dict[str, torch.Tensor]:
         "h": torch.empty(B, chunk_rows, HV, K, V, dtype=k.dtype, device=k.device),
         "v_new": torch.empty(B, T, HV, V, dtype=k.dtype, device=k.device),
     }
-    if inputs.get("output_final_state", True):
-        outputs["final_state"] = torch.empty(N, HV, K, V, dtype=torch.float32, device=k.device)
+    if inputs.get("output_final_state", True) and not inputs.get("inplace_final_state", False):
+        shape = (N, HV, K, V) if inputs.get("state_layout", "kv") == "kv" else (N, HV, V, K)
+        outputs["final_state"] = torch.empty(shape, dtype=torch.float32, device=k.device)
     return outputs
 
 
@@ -324,13 +376,20 @@ def chunk_state(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     chunk_offsets: torch.Tensor | None = None,
+    state_layout: str = "kv",
+    state_indices: torch.Tensor | None = None,
+    inplace_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(h [B,NT,HV,K,V], v_new [B,T,HV,V], final_state [N,HV,K,V] fp32 or None) of the chunked recurrence.
+    """(h [B,NT,HV,K,V], v_new [B,T,HV,V], final_state) of the chunked recurrence.
 
     k [B,T,H,K]; w [B,T,HV,K] and u [B,T,HV,V] from `chunk_wu`; gc [B,T,HV] float32 from
-    `chunk_kkt_solve`; initial_state [N,HV,K,V] float32. With int32 cu_seqlens (B == 1), h has
-    `max_chunks(T, N)` rows and chunk c of sequence n is row chunk_offsets[n] + c; rows past the last
-    chunk are left unwritten. Arguments are assumed validated by `chunk_gated_delta_rule`.
+    `chunk_kkt_solve`. States are [.., HV, K, V] ("kv") or [.., HV, V, K] ("vk"), in any float dtype:
+    initial_state [N,HV,..], or with state_indices [N] a pool [slots,HV,..] (slot stride free) whose slot
+    state_indices[n] sequence n starts from (a negative one: zeros). final_state: with
+    inplace_final_state the pool, written back into the slots read; else with output_final_state a new
+    float32 [N,HV,..]; else None. With int32 cu_seqlens (B == 1), h has `max_chunks(T, N)` rows and
+    chunk c of sequence n is row chunk_offsets[n] + c; rows past the last chunk are left unwritten.
+    Arguments are assumed validated by `chunk_gated_delta_rule`.
     """
     if chunk_offsets is None and cu_seqlens is not None:
         chunk_offsets = _varlen.chunk_offsets(cu_seqlens, CHUNK_SIZE)
@@ -343,14 +402,19 @@ def chunk_state(
         "cu_seqlens": cu_seqlens,
         "chunk_offsets": chunk_offsets,
         "output_final_state": output_final_state,
+        "state_layout": state_layout,
+        "state_indices": state_indices,
+        "inplace_final_state": inplace_final_state,
     }
     outputs = _make_outputs(inputs)
     B, T, H, K = k.shape
     HV, V = u.shape[2], u.shape[3]
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    key = _key(k.dtype, H, HV, K, V, B * T, N)
+    state_dtype = initial_state.dtype if initial_state is not None else torch.float32
+    key = _key(k.dtype, H, HV, K, V, B * T, N, state_dtype, state_layout)
     _launch_chunk_state(inputs, outputs, resolve_config(SPEC, key, k.device))
-    return outputs["h"], outputs["v_new"], outputs.get("final_state")
+    final_state = initial_state if inplace_final_state else outputs.get("final_state")
+    return outputs["h"], outputs["v_new"], final_state
 
 
 def chunk_state_reference(inputs: dict) -> dict[str, torch.Tensor]:
@@ -361,6 +425,9 @@ def chunk_state_reference(inputs: dict) -> dict[str, torch.Tensor]:
     f64 = torch.float64
     k, w, u, gc = (inputs[name].to(f64) for name in ("k", "w", "u", "gc"))
     initial_state, cu_seqlens = inputs.get("initial_state"), inputs.get("cu_seqlens")
+    vk = inputs.get("state_layout", "kv") == "vk"
+    if initial_state is not None and vk:
+        initial_state = initial_state.transpose(-1, -2)
     B, T, H, K = k.shape
     HV = u.shape[2]
     k = k.repeat_interleave(HV // H, dim=2)
@@ -387,7 +454,7 @@ def chunk_state_reference(inputs: dict) -> dict[str, torch.Tensor]:
     return {
         "h": torch.stack([torch.stack(rows) for rows in h_rows]),
         "v_new": v_new,
-        "final_state": torch.stack(finals),
+        "final_state": torch.stack(finals).transpose(-1, -2) if vk else torch.stack(finals),
     }
 
 
@@ -478,17 +545,29 @@ def _make_inputs(key: Key, device: torch.device | str, seed: int) -> dict:
     # Serving engines pass cu_seqlens and an initial state and ask for the final state on every
     # prefill (ANCHORS.md's measurements do too), so the tuned case is exactly that.
     staged = make_stage_inputs(key, device, seed, sequences=int(key["N"]))
-    return {name: staged[name] for name in _STATE_INPUTS}
+    inputs = {name: staged[name] for name in _STATE_INPUTS}
+    state = inputs["initial_state"]
+    if key["state_layout"] == "vk":
+        state = state.transpose(-1, -2).contiguous()
+    inputs["initial_state"] = state.to(getattr(torch, str(key["state_dtype"])))
+    inputs["state_layout"] = key["state_layout"]
+    return inputs
 
 
 SPEC = KernelSpec(
     name="chunk_state",
     doc=__doc__.splitlines()[0],
-    key_fields=("dtype", "H", "HV", "K", "V", "T", "N"),
+    key_fields=("dtype", "H", "HV", "K", "V", "T", "N", "state_dtype", "state_layout"),
+    # The state is read once and written once per sequence (≤ 0.1 % of the kernel's bytes at 8192
+    # tokens): a config tuned for a float32 [K, V] state serves the other dtypes and layouts of the
+    # same shape until a sweep tunes them.
+    fallback_fields=(("state_dtype", "float32"), ("state_layout", "kv")),
     space=SPACE,
     default=DEFAULT,
     jit_functions=(_rounded, _dot_operand, _chunk_state_step, _chunk_state_kernel),
-    key_for=lambda wl: _key(wl.dtype, wl.H, wl.HV, wl.K, wl.V, wl.tokens, wl.sequences),
+    key_for=lambda wl: _key(
+        wl.dtype, wl.H, wl.HV, wl.K, wl.V, wl.tokens, wl.sequences, wl.state_dtype, wl.state_layout
+    ),
     make_inputs=_make_inputs,
     make_outputs=_make_outputs,
     launch=_launch_chunk_state,

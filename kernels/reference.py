@@ -39,11 +39,13 @@ def gated_delta_rule_reference(
     initial_state: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
     use_qk_l2norm: bool = False,
+    token_states: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-by-token recurrence in float64 → (o [B,T,HV,V], final_state [N,HV,K,V]).
 
     Shapes as the public API: q, k [B,T,H,K]; v [B,T,HV,V]; g, beta [B,T,HV]; initial_state
-    [N,HV,K,V]; with cu_seqlens, B == 1 and N = len(cu_seqlens) − 1, else N = B.
+    [N,HV,K,V]; with cu_seqlens, B == 1 and N = len(cu_seqlens) − 1, else N = B. `token_states`, a
+    list, receives the state after every token ([HV,K,V] each, in token order).
     """
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
@@ -67,6 +69,8 @@ def gated_delta_rule_reference(
             v_new = beta[b, t][:, None] * (v[b, t] - torch.einsum("hk,hkv->hv", k[b, t], S))
             S = S + k[b, t][:, :, None] * v_new[:, None, :]
             o[b, t] = torch.einsum("hk,hkv->hv", q[b, t], S)
+            if token_states is not None:
+                token_states.append(S)
         states.append(S)
     return o, torch.stack(states)
 

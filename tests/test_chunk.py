@@ -287,7 +287,11 @@ BAD_ARGUMENTS = {
     ),
     "initial_state-int": (
         lambda p: {**p, "initial_state": p["initial_state"].int()},
-        "initial_state must be floating",
+        "initial_state must be float32, bfloat16 or float16",
+    ),
+    "state-layout-vk-of-kv": (
+        lambda p: {**p, "initial_state": p["initial_state"][..., :32], "state_layout": "vk"},
+        r"initial_state must be .*state_layout='vk'",
     ),
     "K-too-large": (
         lambda p: {
@@ -330,7 +334,7 @@ def test_bad_arguments_raise_value_error_naming_them(case):
 def test_spec_round_trip_with_default_config(spec, device):
     fields = {"dtype": "bfloat16", "H": 1, "HV": 2, "K": 64, "V": 64, "T": 128}
     if "N" in spec.key_fields:
-        fields["N"] = 2
+        fields.update(N=2, state_dtype="bfloat16", state_layout="vk")
     key = spec.key(**fields)
     for small_heads in (16, 32):  # the default stays valid (if wasteful) for small heads, which have no table
         assert not spec.space.problems(
@@ -347,7 +351,7 @@ def test_default_config_compiles_and_fits_every_target(spec):
     kernels cannot be compiled), at the largest head dims of the presets."""
     fields = {"dtype": "bfloat16", "H": 16, "HV": 64, "K": 128, "V": 128, "T": 8192}
     if "N" in spec.key_fields:
-        fields["N"] = 4
+        fields.update(N=4, state_dtype="bfloat16", state_layout="vk")
     assert not spec.space.problems(spec.default, spec.key(**fields))
     assert_default_config_fits_every_target(spec.name, **fields)
 

@@ -141,7 +141,7 @@ def test_without_initial_state_and_custom_scale(device):
 )
 def test_other_configs_of_the_space(device, config):
     inputs = make_decode_inputs(device, N=2, H=1, HV=2, K=64, V=64, lengths=(2, 1))
-    key = SPEC.key(dtype="bfloat16", H=1, HV=2, K=64, V=64, N=2)
+    key = SPEC.key(dtype="bfloat16", H=1, HV=2, K=64, V=64, N=2, state_dtype="float32", state_layout="kv")
     assert not SPEC.space.problems(config, key)
     assert_close(launch_poisoned(SPEC, inputs, config), fused_recurrent_reference(inputs))
 
@@ -246,7 +246,7 @@ def test_repeat_runs_are_bitwise_identical(device):
 
 
 def test_spec_inputs_launch_and_reference(device):
-    key = SPEC.key(dtype="bfloat16", H=1, HV=2, K=32, V=32, N=3)
+    key = SPEC.key(dtype="bfloat16", H=1, HV=2, K=32, V=32, N=3, state_dtype="float32", state_layout="kv")
     inputs = SPEC.make_inputs(key, device, seed=5)
     errors = compare_outputs(launch_poisoned(SPEC, inputs), SPEC.reference(inputs))
     assert set(errors) == {"o", "final_state"} and max(errors.values()) <= SPEC.tolerance, errors
@@ -256,10 +256,30 @@ def test_spec_inputs_launch_and_reference(device):
     assert not torch.equal(inputs["q"], other["q"])
 
 
-@pytest.mark.parametrize("N", [1, 256], ids=lambda n: f"N{n}")
-def test_default_config_compiles_and_fits_every_target(N):
+@pytest.mark.parametrize(
+    "kernel, N, state",
+    [
+        ("fused_recurrent", 1, ("float32", "kv")),
+        ("fused_recurrent", 256, ("bfloat16", "vk")),
+        ("fused_recurrent_gated", 256, ("float32", "vk")),
+        ("packed_decode", 64, ("bfloat16", "vk")),
+        ("spec_decode", 64, ("bfloat16", "vk")),
+    ],
+    ids=lambda x: x if isinstance(x, str) else f"N{x}" if isinstance(x, int) else "-".join(x),
+)
+def test_default_config_compiles_and_fits_every_target(kernel, N, state):
+    extra = {"S": 4} if kernel == "spec_decode" else {}
     assert_default_config_fits_every_target(
-        "fused_recurrent", dtype="bfloat16", H=16, HV=64, K=128, V=128, N=N
+        kernel,
+        dtype="bfloat16",
+        H=16,
+        HV=64,
+        K=128,
+        V=128,
+        N=N,
+        **extra,
+        state_dtype=state[0],
+        state_layout=state[1],
     )
 
 

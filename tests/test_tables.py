@@ -622,7 +622,9 @@ def test_compile_check_sees_the_shared_memory_of_the_launch_as_specialised():
     under the interpreter, with INTERPRETED=True (65536 bytes)."""
     from gdn_kernels.chunk_state import SPEC as CHUNK_STATE
 
-    key = CHUNK_STATE.key(dtype="bfloat16", H=16, HV=64, K=128, V=128, T=8192, N=1)
+    key = CHUNK_STATE.key(
+        dtype="bfloat16", H=16, HV=64, K=128, V=128, T=8192, N=1, state_dtype="float32", state_layout="kv"
+    )
     config = Config.of(BV=128, num_warps=8, num_stages=4)
     result = compile_check(CHUNK_STATE, key, config, TARGETS["h200"])
     assert not result.ok and result.shared_bytes == 246540

@@ -49,11 +49,13 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
-_SHAPE_FIELDS = {"H", "HV", "K", "V", "T", "N", "dtype", "phase"}
+_SHAPE_FIELDS = {"H", "HV", "K", "V", "T", "N", "dtype", "phase", "state_dtype", "state_layout"}
+_PHASES = ("prefill", "decode", "decode_gated", "decode_packed", "spec_decode")
 
 
 def parse_shape(text: str) -> Workload:
-    """A workload from 'H=16,HV=32,K=128,V=128,T=8192[,N=1][,phase=decode][,dtype=bfloat16]'."""
+    """A workload from 'H=16,HV=32,K=128,V=128,T=8192[,N=1][,phase=decode][,dtype=bfloat16]
+    [,state_dtype=bfloat16][,state_layout=vk]'."""
     fields: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
@@ -71,8 +73,13 @@ def parse_shape(text: str) -> Workload:
     except ValueError as e:
         raise ValueError(f"--shape {text!r}: H, HV, K, V, T and N must be integers ({e})") from None
     phase = fields.get("phase", "prefill")
-    if phase not in ("prefill", "decode"):
-        raise ValueError(f"--shape {text!r}: phase must be prefill or decode, got {phase!r}")
+    if phase not in _PHASES:
+        raise ValueError(f"--shape {text!r}: phase must be one of {', '.join(_PHASES)}, got {phase!r}")
+    state = (fields.get("state_dtype", "float32"), fields.get("state_layout", "kv"))
+    if state[0] not in ("float32", "bfloat16", "float16") or state[1] not in ("kv", "vk"):
+        raise ValueError(
+            f"--shape {text!r}: state_dtype must be float32/bfloat16/float16, state_layout kv/vk"
+        )
     if min(*numbers.values(), sequences) < 1 or numbers["HV"] % numbers["H"]:
         raise ValueError(f"--shape {text!r}: sizes must be positive and HV a multiple of H")
     return Workload(
@@ -84,6 +91,8 @@ def parse_shape(text: str) -> Workload:
         sequences=sequences,
         dtype=fields.get("dtype", "bfloat16"),
         phase=phase,
+        state_dtype=state[0],
+        state_layout=state[1],
     )
 
 

@@ -34,6 +34,15 @@ TENSOR_PARALLEL = (1, 2, 4, 8)
 PREFILL_TOKENS = tuple(2**i for i in range(6, 16))
 # Decode: batches of 1 to 512 sequences, one token each.
 DECODE_SEQUENCES = tuple(2**i for i in range(10))
+# The serving engines' decode paths (gates in the kernel, the packed projection, speculative decoding)
+# keep [.., V, K] caches: vLLM's in the model's dtype by default (mamba_ssm_cache_dtype "auto", bf16),
+# SGLang's in float32. Fewer batch buckets than the plain path: between them the nearest bucket's
+# config serves (neighbouring buckets' winners differed by ≤ 5 % in the plain path's sweep).
+SERVING_STATES = (("bfloat16", "vk"), ("float32", "vk"))
+SERVING_SEQUENCES = (1, 4, 16, 64, 256, 512)
+# Speculative decoding (MTP, EAGLE): 2 to 8 draft tokens per sequence, on smaller batches.
+DRAFT_TOKENS = (2, 4, 8)
+DRAFT_SEQUENCES = (1, 8, 64, 256)
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,30 @@ def model_workloads(models: list[ModelShape], tp: tuple[int, ...] = TENSOR_PARAL
         for H, HV, K, V in heads
         for n in DECODE_SEQUENCES
     ]
-    return tuple(prefill + decode)
+    serving = [
+        Workload(H, HV, K, V, tokens=n, sequences=n, phase=phase, state_dtype=dtype, state_layout=layout)
+        for H, HV, K, V in heads
+        for phase, states in (("decode_gated", SERVING_STATES), ("decode_packed", SERVING_STATES[:1]))
+        for dtype, layout in states
+        for n in SERVING_SEQUENCES
+    ]
+    speculative = [
+        Workload(
+            H,
+            HV,
+            K,
+            V,
+            tokens=n * s,
+            sequences=n,
+            phase="spec_decode",
+            state_dtype="bfloat16",
+            state_layout="vk",
+        )
+        for H, HV, K, V in heads
+        for n in DRAFT_SEQUENCES
+        for s in DRAFT_TOKENS
+    ]
+    return tuple(prefill + decode + serving + speculative)
 
 
 PRESETS: dict[str, Preset] = {
@@ -70,6 +102,32 @@ PRESETS: dict[str, Preset] = {
             Workload(16, 64, 128, 128, tokens=8192, sequences=64),
             *(Workload(16, 64, 128, 128, tokens=n, sequences=n, phase="decode") for n in (1, 32, 256)),
             Workload(2, 8, 128, 128, tokens=256, sequences=256, phase="decode"),
+            *(
+                Workload(
+                    H,
+                    HV,
+                    128,
+                    128,
+                    tokens=256,
+                    sequences=256,
+                    phase=phase,
+                    state_dtype="bfloat16",
+                    state_layout="vk",
+                )
+                for H, HV in ((16, 64), (2, 8))
+                for phase in ("decode_gated", "decode_packed")
+            ),
+            Workload(
+                16,
+                64,
+                128,
+                128,
+                tokens=256,
+                sequences=64,
+                phase="spec_decode",
+                state_dtype="bfloat16",
+                state_layout="vk",
+            ),
         ),
     ),
     # Tiny shapes for CPU runs under TRITON_INTERPRET=1: a pipeline check, not a tuning run.
@@ -79,6 +137,31 @@ PRESETS: dict[str, Preset] = {
         (
             Workload(1, 2, 32, 32, tokens=100, sequences=1),
             Workload(1, 2, 32, 32, tokens=3, sequences=3, phase="decode"),
+            *(
+                Workload(
+                    1,
+                    2,
+                    32,
+                    32,
+                    tokens=3,
+                    sequences=3,
+                    phase=phase,
+                    state_dtype="bfloat16",
+                    state_layout="vk",
+                )
+                for phase in ("decode_gated", "decode_packed")
+            ),
+            Workload(
+                1,
+                2,
+                32,
+                32,
+                tokens=6,
+                sequences=3,
+                phase="spec_decode",
+                state_dtype="bfloat16",
+                state_layout="vk",
+            ),
         ),
     ),
 }
