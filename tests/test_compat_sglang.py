@@ -32,11 +32,15 @@ def layout_kwargs(state_layout):
     return {} if state_layout == "vk" else {"state_layout": state_layout}
 
 
-@pytest.mark.parametrize(("state_layout", "state_dtype"), LAYOUT_DTYPES, ids=IDS)
+@pytest.mark.parametrize(
+    ("state_layout", "state_dtype"),
+    [("vk", torch.bfloat16), ("kv", torch.float32)],
+    ids=["vk-bfloat16", "kv-float32"],
+)
 def test_extend_on_the_state_pool(state_layout, state_dtype):
     """TritonGDNKernel.extend: the whole pool with initial_state_indices, final states written back in
     place; a padded sequence (index −1) starts from zeros and touches no slot."""
-    lengths = (4, 1, 65)
+    lengths = (4, 1, 12)
     slots = torch.tensor([3, -1, 1], dtype=torch.int32)
     T = sum(lengths)
     x = projections(T)
@@ -59,7 +63,7 @@ def test_extend_on_the_state_pool(state_layout, state_dtype):
     )
     assert last_recurrent_state is None and h is None
     starts = [as_kv(before[3], state_layout), None, as_kv(before[1], state_layout)]
-    o_ref, states = by_token(x["q"], x["k"], x["v"], g, beta, starts, [(0, 4), (4, 5), (5, 70)], True)
+    o_ref, states = by_token(x["q"], x["k"], x["v"], g, beta, starts, [(0, 4), (4, 5), (5, T)], True)
     assert o.shape == (1, T, HV, V) and o.dtype == torch.bfloat16
     assert_close(o, o_ref, "o")
     assert_close(as_kv(ssm_states[3], state_layout), states[0][-1], "slot 3")

@@ -37,11 +37,17 @@ def bounds_of(lengths):
     return list(itertools.pairwise(cu))
 
 
-@pytest.mark.parametrize(("state_layout", "state_dtype"), LAYOUT_DTYPES, ids=IDS)
-def test_prefill_on_gathered_cache_rows(state_layout, state_dtype):
+# The chunked kernels are the slow ones under the interpreter (seconds per call): two cases, one of them
+# with a sequence spanning two chunks of 64; the other state dtype is covered by SGLang's extend test.
+PREFILL_CASES = [("vk", torch.float32, (5, 65)), ("kv", torch.float16, (3, 9))]
+
+
+@pytest.mark.parametrize(
+    ("state_layout", "state_dtype", "lengths"), PREFILL_CASES, ids=["vk-float32-L5+65", "kv-float16-L3+9"]
+)
+def test_prefill_on_gathered_cache_rows(state_layout, state_dtype, lengths):
     """The layer: initial_state = ssm_state[prefill_state_indices] (zeroed for new sequences), q, k already
     normalised, vLLM's chunk bookkeeping passed along, o written into a larger core_attn_out buffer."""
-    lengths = (5, 65)  # the second sequence spans two chunks of 64
     T = sum(lengths)
     x = projections(T)
     q, k = (F.normalize(x[n].float(), dim=-1).bfloat16() for n in ("q", "k"))
@@ -51,6 +57,7 @@ def test_prefill_on_gathered_cache_rows(state_layout, state_dtype):
     initial_state = cache[torch.tensor([3, 1])]
     initial_state[1] = 0  # a new request: no initial state
     core_attn_out = torch.zeros(T + 3, HV, V, dtype=torch.bfloat16)
+    chunks = [(n, c) for n, length in enumerate(lengths) for c in range(-(-length // 64))]  # vLLM's metadata
     kwargs = {} if state_layout == "vk" else {"state_layout": state_layout}
     o, final_state = vllm.chunk_gated_delta_rule(
         q=q,
@@ -61,8 +68,8 @@ def test_prefill_on_gathered_cache_rows(state_layout, state_dtype):
         initial_state=initial_state,
         output_final_state=True,
         cu_seqlens=cu_seqlens_of(lengths),
-        chunk_indices=torch.tensor([[0, 0], [1, 0], [1, 1]], dtype=torch.int32),
-        chunk_offsets=torch.tensor([0, 1, 3], dtype=torch.int32),
+        chunk_indices=torch.tensor(chunks, dtype=torch.int32),
+        chunk_offsets=cu_seqlens_of([-(-n // 64) for n in lengths]),
         use_qk_l2norm_in_kernel=False,
         core_attn_out=core_attn_out,
         **kwargs,

@@ -128,6 +128,8 @@ def _recurrent_call(
             name, tokens, initial_state, inplace_final_state, ssm_state_indices, num_accepted_tokens,
             retrieve_parent_token, state_layout=state_layout, **core,
         )  # fmt: skip
+    if o_dtype is not None and o_dtype != q.dtype:
+        core["out"] = torch.empty(*v.shape, dtype=o_dtype, device=v.device)
     o, final_state = _recurrent.fused_recurrent_gated_delta_rule(
         *tokens.values(),
         initial_state=initial_state,
@@ -139,8 +141,6 @@ def _recurrent_call(
         state_per_token=not inplace_final_state,
         **core,
     )
-    if o_dtype is not None and o.dtype != o_dtype:
-        o = o.to(o_dtype)
     return o, final_state
 
 
