@@ -197,11 +197,15 @@ def _chunk_state_kernel(
     v_new_seq = v_new + (bos * HV + i_hv) * V
     gc_seq = gc + bos * HV + i_hv
 
-    # The state's [K, V] element strides and order: V contiguous ("kv") or K contiguous ("vk").
+    # The state is read and written once per sequence, through plain masked pointers: its element
+    # (k, v) sits at k·V + v ("kv", V contiguous) or v·K + k ("vk", K contiguous).
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
     if STATE_VK:
-        state_strides, state_order = (1, K), (0, 1)
+        o_s = i_hv * K * V + o_v[None, :] * K + o_k[:, None]
     else:
-        state_strides, state_order = (V, 1), (1, 0)
+        o_s = i_hv * K * V + o_k[:, None] * V + o_v[None, :]
+    m_s = (o_k[:, None] < K) & (o_v[None, :] < V)
     # A state pool (SGLang's extend): sequence n's slot is state_indices[n]; a negative one starts from
     # zeros and is not written back.
     if USE_STATE_INDICES:
@@ -211,15 +215,7 @@ def _chunk_state_kernel(
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_INITIAL_STATE:  # noqa: SIM102 (a constexpr branch around a run-time one)
         if i_slot >= 0:
-            p_h0 = tl.make_block_ptr(
-                h0 + i_slot * stride_h0 + i_hv * K * V,
-                (K, V),
-                state_strides,
-                (0, i_v * BV),
-                (BK, BV),
-                state_order,
-            )
-            b_h += tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+            b_h += tl.load(h0 + i_slot * stride_h0 + o_s, mask=m_s, other=0.0).to(tl.float32)
 
     if INTERPRETED:
         i_t = 0
@@ -269,21 +265,10 @@ def _chunk_state_kernel(
             )
 
     if FINAL_MODE == 1:  # a new [N, HV, ..] tensor
-        p_ht = tl.make_block_ptr(
-            ht + i_nh.to(tl.int64) * K * V, (K, V), state_strides, (0, i_v * BV), (BK, BV), state_order
-        )
-        tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
+        tl.store(ht + i_n.to(tl.int64) * HV * K * V + o_s, b_h.to(ht.dtype.element_ty), mask=m_s)
     elif FINAL_MODE == 2:  # noqa: SIM102 (constexpr around run-time): back into the slot read
         if i_slot >= 0:
-            p_ht = tl.make_block_ptr(
-                h0 + i_slot * stride_h0 + i_hv * K * V,
-                (K, V),
-                state_strides,
-                (0, i_v * BV),
-                (BK, BV),
-                state_order,
-            )
-            tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
+            tl.store(h0 + i_slot * stride_h0 + o_s, b_h.to(h0.dtype.element_ty), mask=m_s)
 
 
 def _key(

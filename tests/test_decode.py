@@ -302,7 +302,7 @@ BAD_ARGUMENTS = {
     "K-too-large": (lambda i: {"q": torch.zeros(1, 7, 1, 512), "k": torch.zeros(1, 7, 1, 512)}, "head dim K"),
     "mixed-dtypes": (lambda i: {"v": i["v"].half()}, "share one dtype"),
     "g-shape": (lambda i: {"g": i["g"][..., :1]}, "g and beta must be"),
-    "g-dtype": (lambda i: {"g": i["g"].to(torch.int32)}, "g .log decay. must be float32"),
+    "g-dtype": (lambda i: {"g": i["g"].to(torch.int32)}, "g and beta must be floating point"),
     "cu_seqlens-float": (lambda i: {"cu_seqlens": i["cu_seqlens"].float()}, "cu_seqlens must be int32/int64"),
     "cu_seqlens-batch": (
         lambda i: {name: torch.cat([i[name]] * 2) for name in ("q", "k", "v", "g", "beta")},

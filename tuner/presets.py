@@ -91,6 +91,21 @@ PRESETS: dict[str, Preset] = {
         "default", "every model below at TP 1, 2, 4, 8", model_workloads(list(MODELS.values()))
     ),
     **{name: Preset(name, f"{name} at TP 1, 2, 4, 8", model_workloads([m])) for name, m in MODELS.items()},
+    # Every head configuration of the default preset at a few buckets, for the kernels whose sources
+    # change: what one GPU sweeps in minutes, the nearest bucket's entry serving the rest.
+    "sparse": Preset(
+        "sparse",
+        "every model's heads at TP 1-8, fewer buckets: prefill 1k/8k/32k tokens, decode 1/16/256 "
+        "sequences, speculative 8 and 64 sequences × 4 tokens",
+        tuple(
+            w
+            for w in model_workloads(list(MODELS.values()))
+            if (w.phase == "prefill" and w.tokens in (1024, 8192, 32768))
+            or (w.phase in ("decode", "decode_gated") and w.sequences in (1, 16, 256))
+            or (w.phase == "decode_packed" and w.sequences in (1, 256))
+            or (w.phase == "spec_decode" and w.sequences in (8, 64) and w.tokens == 4 * w.sequences)
+        ),
+    ),
     # The benchmark cases of flash-linear-attention's reference figures (ANCHORS.md): the first
     # shapes to tune on a new GPU, since every release is measured on them.
     "anchors": Preset(
