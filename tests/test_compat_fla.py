@@ -161,5 +161,11 @@ def test_unsupported_and_bad_arguments_raise():
         fla.fused_recurrent_gated_delta_rule(
             q, k, v, g, beta=beta, initial_state=kv_state, state_v_first=True
         )
+    with pytest.warns(DeprecationWarning, match="transpose_state_layout"):
+        fla.fused_recurrent_gated_delta_rule(q, k, v, g, beta=beta, transpose_state_layout=False)
+    with pytest.raises(ValueError, match="not both"):
+        fla.fused_recurrent_gated_delta_rule(
+            q, k, v, g, beta=beta, state_v_first=True, transpose_state_layout=True
+        )
     with pytest.raises(ValueError, match="allow_neg_eigval"):
         fla.fused_recurrent_gated_delta_rule(q, k, v, g, beta=beta, allow_neg_eigval=True)

@@ -9,6 +9,8 @@ grad get a backward that raises NotImplementedError (no backward kernels here).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .. import chunk as _chunk
@@ -37,6 +39,11 @@ def _state_v_first(name: str, state_v_first: bool, kwargs: dict) -> bool:
     if "transpose_state_layout" in kwargs:
         if state_v_first:
             raise ValueError(f"{name}: pass state_v_first or transpose_state_layout, not both")
+        warnings.warn(
+            "`transpose_state_layout` is deprecated and renamed to `state_v_first`.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         return bool(kwargs.pop("transpose_state_layout"))
     return state_v_first
 
