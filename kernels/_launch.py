@@ -30,6 +30,7 @@ import triton
 from triton import knobs
 from triton.runtime.jit import JITFunction
 
+from . import _guard
 from ._spec import Config
 from ._warm import load_warm
 
@@ -40,6 +41,7 @@ class LaunchRecord:
     args: dict[str, Any]  # every argument of the kernel, constexprs included
     num_warps: int
     num_stages: int
+    config: Config | None = None  # the config the launch was given (block sizes are also in args)
 
 
 _recorder: list[LaunchRecord] | None = None
@@ -49,7 +51,9 @@ def launch(kernel: Any, grid: tuple[int, ...], config: Config, **args: Any) -> N
     """Launch `kernel` on `grid` with the config's block sizes, warps and stages."""
     if _recorder is not None:
         _recorder.append(
-            LaunchRecord(kernel, {**args, **config.block_params()}, config.num_warps, config.num_stages)
+            LaunchRecord(
+                kernel, {**args, **config.block_params()}, config.num_warps, config.num_stages, config
+            )
         )
         return
     plan = _plans.get(kernel)
@@ -75,14 +79,28 @@ def launch(kernel: Any, grid: tuple[int, ...], config: Config, **args: Any) -> N
                 *plan.positional(args),
             )
             return
-        options = {**config.block_params(), "num_warps": config.num_warps, "num_stages": config.num_stages}
         if binary is None:  # this process's first launch of it
-            load_warm(kernel, **args, **options)
-        compiled = kernel[grid](**args, **options)
+            prepare_first_launch(kernel, config, args)
+        compiled = kernel[grid](**args, **_options(config))
         if hasattr(compiled, "packed_metadata"):
             plan.binaries[key] = _binary_of(compiled)
         return
-    kernel[grid](**args, **config.block_params(), num_warps=config.num_warps, num_stages=config.num_stages)
+    if _guard.watching() and isinstance(kernel, JITFunction):
+        # Without the direct path no memo tells a first launch apart: each launch is checked, a
+        # warmup call that finds the binary in memory (about 20 µs) once it has run.
+        prepare_first_launch(kernel, config, args)
+    kernel[grid](**args, **_options(config))
+
+
+def _options(config: Config) -> dict[str, int]:
+    return {**config.block_params(), "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def prepare_first_launch(kernel: Any, config: Config, args: dict[str, Any]) -> None:
+    """Before a process's first launch of a specialisation: load its warm binary (`_warm.py`) and, with
+    the compile guard on and start-up over, report or refuse a launch that would compile (`_guard.py`)."""
+    watch = _guard.guard_watcher(kernel, config) if _guard.watching() else None
+    load_warm(kernel, watch, **{**args, **_options(config)})  # recorded args hold the block sizes too
 
 
 def _binary_of(compiled: Any) -> tuple[Any, tuple, Any, Any]:
