@@ -12,14 +12,29 @@ its entry up and hands Triton the binary as `compile()` would on a cache hit, th
 `jit_cache_hook` (called before a compile; answering True skips it). Anything unexpected (no entry, a
 file gone, another hook installed) leaves the launch to Triton's own path: a warm entry can make the
 first launch faster, never different.
+
+**Bundles.** `gdn-tune warmup --bundle DIR` also writes the binaries, their entries and Triton's C
+launchers into DIR, a folder a container image can bake in or a deployment can ship; a process with
+`GDN_TUNE_BINARY_DIR=DIR` loads from it whatever its own cache lacks. A bundle's entries are named
+after a fingerprint that holds across machines (the Triton wheel's RECORD: a sha256 of every file pip
+installed, libtriton and the bundled ptxas among them; where Triton was not installed from a wheel,
+the local one above), and its manifest is checked once per process against this one: Triton version,
+fingerprint, target architecture, and a CUDA driver at least as new as the bundle's ptxas (major
+version: a driver loads cubins of its own CUDA major version and older). A bundle that fails a check
+is ignored with one warning naming what differs; a binary of another Triton, toolchain or GPU is
+never loaded.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import shutil
 import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +43,11 @@ from triton import knobs
 
 from ._files import write_text_atomically
 
-FOLDER = "gdn_kernels-warm"  # inside Triton's cache folder
+FOLDER = "gdn_kernels-warm"  # inside Triton's cache folder, and inside a bundle
+ENV_BINARY_DIR = "GDN_TUNE_BINARY_DIR"
+BUNDLE_FORMAT = 1
+MANIFEST = "manifest.json"
+MODULES = "modules"  # a bundle's C modules (launchers, driver utilities), by Triton's cache key
 
 # Environment that changes Triton's binaries without being among its cache-invalidating variables
 # (those are read below): another ptxas or its options, another libdevice.
@@ -42,16 +61,16 @@ _TRITON_DIR = Path(triton.__file__).parent
 _PTXAS = _TRITON_DIR / "backends" / "nvidia" / "bin" / "ptxas"
 
 
-def _file_stamp(path: Path) -> str:
+def _file_stamp(path: Path, with_time: bool = True) -> str:
     try:
         stat = path.stat()
     except OSError:
         return "-"
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{stat.st_size}:{stat.st_mtime_ns}" if with_time else str(stat.st_size)
 
 
 def _sources_and_environment() -> bytes:
-    """This package's sources and the environment that changes binaries."""
+    """This package's sources and the environment that changes binaries: both fingerprints hold them."""
     from triton.runtime.jit import get_cache_invalidating_env_vars
 
     digest = hashlib.sha256()
@@ -62,10 +81,10 @@ def _sources_and_environment() -> bytes:
     return digest.digest()
 
 
-def _installation_stamps() -> str:
-    """libtriton and the bundled ptxas by size and modification time (a rebuild changes them)."""
+def _installation_stamps(with_time: bool) -> str:
+    """libtriton and the bundled ptxas by size (and modification time: a rebuild changes it)."""
     files = (*_TRITON_DIR.glob("_C/libtriton*"), _PTXAS)
-    return "|".join(f"{path.name}={_file_stamp(path)}" for path in files)
+    return "|".join(f"{path.name}={_file_stamp(path, with_time)}" for path in files)
 
 
 def _fingerprint_now() -> str:
@@ -74,7 +93,7 @@ def _fingerprint_now() -> str:
     size and modification time: a rebuild changes them), the toolchain's environment and Triton's
     cache-invalidating variables (TRITON_DEFAULT_FP_FUSION, ...). About 1 ms."""
     digest = hashlib.sha256(f"{triton.__version__}|{_TRITON_DIR}".encode())
-    digest.update(_installation_stamps().encode())
+    digest.update(_installation_stamps(with_time=True).encode())
     digest.update(_SOURCES_AND_ENVIRONMENT)
     return digest.hexdigest()
 
@@ -140,9 +159,13 @@ def remember(kernel: Any, compiled: Any) -> bool:
 
 
 def _load(kernel: Any, key: str, compile: dict[str, Any]) -> bool:
-    """Put the warm binary of this launch into the kernel's in-memory cache; False when there is none."""
+    """Put the warm binary of this launch into the kernel's in-memory cache, from Triton's cache folder
+    or else the bundle; False when neither has it."""
     cache, _, target, _, _ = kernel.device_caches[compile["device"]]
     roots = [(Path(knobs.cache.dir), _FINGERPRINT)]
+    bundle = _open_bundle(target)
+    if bundle is not None:
+        roots.append(bundle)
     for root, fingerprint in roots:
         try:
             entry = json.loads(_entry_path(root, fingerprint, kernel, target, key).read_text())
@@ -152,7 +175,7 @@ def _load(kernel: Any, key: str, compile: dict[str, Any]) -> bool:
                 continue
             src = kernel.ASTSource(kernel, compile["signature"], compile["constants"], compile["configs"][0])
             compiled = kernel.CompiledKernel(src, group, entry["hash"])
-        except Exception:  # no entry, a damaged or foreign one: Triton's own path decides
+        except Exception:  # no entry, a damaged or foreign one: the next root, then Triton's own path
             continue
         cache[key] = compiled
         listener = knobs.compilation.listener
@@ -227,11 +250,14 @@ def load_warm(kernel: Any, watch: Any = None, **run_kwargs: Any) -> None:
 
 
 def warm_specialisations(kernel: Any, device: Any) -> list[dict[str, str]]:
-    """The specialisations of `kernel` that warm entries hold for the target of `device`, as the compile
-    guard describes them. Reads every entry: for error messages only."""
+    """The specialisations of `kernel` that warm entries (cache folder and bundle) hold for the target
+    of `device`, as the compile guard describes them. Reads every entry: for error messages only."""
     _, _, target, _, _ = kernel.device_caches[device]
     name, wanted = f"{kernel.fn.__module__}.{kernel.fn.__qualname__}", repr(target)
     roots = [Path(knobs.cache.dir)]
+    bundle = _open_bundle(target)
+    if bundle is not None:
+        roots.append(bundle[0])
     found = []
     for root in roots:
         for path in sorted((root / FOLDER).glob("*.json")):
@@ -242,3 +268,207 @@ def warm_specialisations(kernel: Any, device: Any) -> list[dict[str, str]]:
             if entry.get("kernel") == name and entry.get("target") == wanted and "specialisation" in entry:
                 found.append(entry["specialisation"])
     return found
+
+
+# --------------------------------------------------------------------------------------------------
+# Bundles
+
+
+@functools.cache
+def _triton_installation() -> str:
+    """Triton's installation by content where pip recorded it (the RECORD of its wheel, which holds a
+    sha256 of each file), else by the local stamps (a bundle then only matches this installation)."""
+    from importlib import metadata
+
+    for name in ("triton", "pytorch-triton", "pytorch-triton-rocm"):
+        try:
+            dist = metadata.distribution(name)
+            record = dist.read_text("RECORD")
+            same = (
+                Path(str(dist.locate_file("triton/__init__.py"))).resolve() == Path(triton.__file__).resolve()
+            )
+        except (metadata.PackageNotFoundError, OSError):
+            continue
+        if record and same:
+            # The sizes too: a libtriton rebuilt in place leaves RECORD as it was.
+            digest = hashlib.sha256(record.encode() + _installation_stamps(with_time=False).encode())
+            return f"wheel {name} {digest.hexdigest()}"
+    return f"local {hashlib.sha256((str(_TRITON_DIR) + _installation_stamps(True)).encode()).hexdigest()}"
+
+
+def _ptxas_version(arch: int) -> str:
+    from triton.backends.nvidia.compiler import get_ptxas_version
+
+    return get_ptxas_version(arch).strip().splitlines()[-1]
+
+
+@functools.cache
+def bundle_identity(arch: int) -> dict[str, Any]:
+    """What a bundle of binaries for compute capability `arch` records and is checked against (once per
+    process: reading RECORD is a few ms)."""
+    installation = _triton_installation()
+    sources = _SOURCES_AND_ENVIRONMENT.hex()
+    # An overriding ptxas (TRITON_PTXAS_PATH) is outside the wheel: its version string stands for it.
+    ptxas = _ptxas_version(arch) if any(os.environ.get(n) for n in _TOOLCHAIN_ENV[:2]) else ""
+    fingerprint = hashlib.sha256(
+        f"bundle {BUNDLE_FORMAT}|{triton.__version__}|{installation}|{sources}|{ptxas}".encode()
+    ).hexdigest()
+    return {
+        "format": BUNDLE_FORMAT,
+        "fingerprint": fingerprint,
+        "triton": triton.__version__,
+        "installation": installation,
+        "sources_and_environment": sources,
+    }
+
+
+def _cuda_major(ptxas: str) -> int | None:
+    """12 for "Build cuda_12.8.r12.8/compiler.35583870_0" or "Cuda compilation tools, release 12.8"."""
+    for marker in ("cuda_", "release "):
+        if marker in ptxas:
+            head = ptxas.split(marker, 1)[1].split(".", 1)[0]
+            if head.isdigit():
+                return int(head)
+    return None
+
+
+def driver_cuda_version() -> int | None:
+    """The CUDA driver's version (12080 for 12.8), or None without a driver."""
+    import ctypes
+
+    try:
+        version = ctypes.c_int()
+        if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version)) == 0:
+            return version.value
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
+def bundle_refusal(manifest: Any, here: dict[str, Any], arch: int, driver: int | None) -> str | None:
+    """Why a bundle with `manifest` must not be loaded by a process whose identity is `here`, for
+    compute capability `arch` and CUDA driver version `driver`; None when it may."""
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        return f"not a bundle of format {BUNDLE_FORMAT} (no or another {MANIFEST})"
+    if manifest.get("triton") != here["triton"]:
+        return f"built with Triton {manifest.get('triton')}, this process runs Triton {here['triton']}"
+    if manifest.get("arch") != arch:
+        return f"built for compute capability {manifest.get('arch')}, this GPU is {arch}"
+    if manifest.get("fingerprint") != here["fingerprint"]:
+        differ = [
+            what
+            for what, field in (
+                ("the Triton installation", "installation"),
+                ("gdn_kernels' sources or the toolchain environment", "sources_and_environment"),
+            )
+            if manifest.get(field) != here[field]
+        ]
+        return f"built by another {' and '.join(differ) or 'ptxas'} than this process's"
+    needed = _cuda_major(str(manifest.get("ptxas", "")))
+    if driver is None:
+        return "no CUDA driver found to check the bundle's binaries against"
+    if needed is None or driver // 1000 < needed:
+        return f"its binaries come from ptxas of CUDA {needed}; the driver is CUDA {driver // 1000}.{driver % 1000 // 10}"
+    return None
+
+
+_bundles: dict[int, tuple[Path, str] | None] = {}
+
+
+def _read_manifest(root: str) -> Any:
+    try:
+        return json.loads((Path(root) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _open_bundle(target: Any) -> tuple[Path, str] | None:
+    """(folder, fingerprint) of $GDN_TUNE_BINARY_DIR's bundle where it may serve `target`, checked once
+    per process and architecture."""
+    arch = getattr(target, "arch", None)
+    if arch in _bundles:
+        return _bundles[arch]
+    root = os.environ.get(ENV_BINARY_DIR, "").strip()
+    opened = None
+    if root and isinstance(arch, int):
+        here = bundle_identity(arch)
+        why = bundle_refusal(_read_manifest(root), here, arch, driver_cuda_version())
+        if why is None:
+            opened = (Path(root), here["fingerprint"])
+        else:
+            warnings.warn(f"{ENV_BINARY_DIR}={root} is not used: {why}", RuntimeWarning, stacklevel=2)
+    _bundles[arch] = opened
+    return opened
+
+
+def _seed_modules() -> None:
+    """Copy the bundle's C modules (a launcher per kernel signature, the driver's utilities) into
+    Triton's cache, where a process's first CUDA use and first launches look for them; else each is a
+    C compile, about 0.3 s. At import: the driver's utilities are built when Triton first meets the GPU,
+    before any kernel's binary is looked up. Triton's cache names each module after a hash of its C
+    source and the platform, and the file after the Python ABI, so a copy can only stand in for the
+    very module Triton would build; still, only a bundle of this Triton installation is used."""
+    root = os.environ.get(ENV_BINARY_DIR, "").strip()
+    manifest = _read_manifest(root) if root else None
+    if not isinstance(manifest, dict) or not (root_modules := Path(root) / MODULES).is_dir():
+        return
+    here = bundle_identity(0)
+    if any(manifest.get(field) != here[field] for field in ("format", "triton", "installation")):
+        return  # _open_bundle says why at the first launch
+    from triton.runtime.cache import get_cache_manager
+
+    for module in root_modules.glob("*/*"):
+        manager = get_cache_manager(module.parent.name)
+        if manager.get_file(module.name) is None:
+            try:
+                manager.put(module.read_bytes(), module.name, binary=True)
+            except OSError:  # a read-only cache: Triton builds them as it would have
+                return
+
+
+def add_to_bundle(root: Path, kernel: Any, compiled: Any, modules: list[Path]) -> bool:
+    """Copy `compiled` (which `kernel` compiled in this process) and the C `modules` it launches with
+    into the bundle at `root`, with an entry named by the bundle's fingerprint."""
+    found = _launch_key(kernel, compiled)
+    if found is None:
+        return False
+    key, target = found
+    files = _launch_files(compiled)
+    folder = root / files[0].parent.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        _copy_atomically(path, folder / path.name)
+    for module in modules:  # Triton's cache keeps each in a folder named after its key
+        _copy_atomically(module, root / MODULES / module.parent.name / module.name)
+    entry = _entry(kernel, compiled, target, files)
+    fingerprint = bundle_identity(target.arch)["fingerprint"]
+    write_text_atomically(_entry_path(root, fingerprint, kernel, target, key), json.dumps(entry))
+    return True
+
+
+def _copy_atomically(source: Path, destination: Path) -> None:
+    if destination.exists():
+        return
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    shutil.copyfile(source, partial)
+    os.replace(partial, destination)
+
+
+def write_bundle_manifest(root: Path, arch: int, variants: int, launchers: int) -> dict[str, Any]:
+    """Close a bundle: the manifest that a loading process checks (written last: a bundle without one
+    is refused, so a warmup that stopped half-way leaves nothing loadable)."""
+    manifest = {
+        **bundle_identity(arch),
+        "arch": arch,
+        "ptxas": _ptxas_version(arch),
+        "variants": variants,
+        "c_modules": launchers,
+        "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_text_atomically(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+if os.environ.get(ENV_BINARY_DIR):
+    _seed_modules()

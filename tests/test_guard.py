@@ -1,10 +1,10 @@
-"""The compile guard (GDN_TUNE_COMPILE_GUARD), on the CPU.
+"""The compile guard (GDN_TUNE_COMPILE_GUARD) and binary bundles (GDN_TUNE_BINARY_DIR), on the CPU.
 
 Each check runs in a child process that compiles for sm90 (no interpreter): production's public
 functions run on meta tensors with the h200's tables, their launches are recorded, and each goes
-through the first-launch path of `gdn_kernels._launch` (`prepare_first_launch`: warm entry, guard)
-under the compile-only driver: Triton compiles, or finds the binary, exactly as a first launch on the
-GPU would, and launches nothing. On the GPU host the same is proven on real launches, a CUDA
+through the first-launch path of `gdn_kernels._launch` (`prepare_first_launch`: warm entry, bundle,
+guard) under the compile-only driver: Triton compiles, or finds the binary, exactly as a first launch
+on the GPU would, and launches nothing. On the GPU host the same is proven on real launches, a CUDA
 graph capture of decode included (the `gpu` test at the end).
 """
 
@@ -20,7 +20,10 @@ from pathlib import Path
 import pytest
 from _helpers import compiled_env, run_reporting, warmup_cli
 
-# argv[1]: JSON {"calls": [[function, tokens, dtype], ...], "cc": 90, "seal": null | "plain" | "loads"}. Prints, per recorded launch, whether the
+from gdn_kernels._warm import BUNDLE_FORMAT, bundle_refusal
+
+# argv[1]: JSON {"calls": [[function, tokens, dtype], ...], "cc": 90, "seal": null | "plain" | "loads",
+# "triton_version": null | "x.y.z", "driver": null | 12080}. Prints, per recorded launch, whether the
 # first-launch path let it through, the guard's error, and every warning; Triton's listener events and
 # how often its per-process cache key (triton_key) was computed.
 GUARD_CHILD = textwrap.dedent(
@@ -28,12 +31,17 @@ GUARD_CHILD = textwrap.dedent(
     import json, sys, warnings
     spec = json.loads(sys.argv[1])
     import triton
+    if spec.get("triton_version"):
+        triton.__version__ = spec["triton_version"]  # another Triton, as far as a bundle can tell
     import triton.runtime.cache as compiler_cache
     import torch
     import gdn_kernels
+    from gdn_kernels import _warm
     from gdn_kernels._launch import compile_only_driver, prepare_first_launch, recording
     from gdn_tune.warmup import _resolving_meta_as, target_place
 
+    if spec.get("driver"):
+        _warm.driver_cuda_version = lambda: spec["driver"]  # the CPU has no CUDA driver to ask
     key_calls = []
     real_key = compiler_cache.triton_key
     compiler_cache.triton_key = lambda: key_calls.append(1) or real_key()
@@ -94,12 +102,14 @@ FP16_100 = [["gating", 100, "float16"]]  # the same call in another dtype: no wa
 
 
 @pytest.fixture(scope="module")
-def warmed(tmp_path_factory) -> tuple[Path, None]:
-    """(Triton cache, None) after `gdn-tune warmup` of the smoke preset's gating kernel."""
-    cache = tmp_path_factory.mktemp("warmed") / "triton-cache"
-    report = warmup_cli(*WARM, "--cache-dir", str(cache), "--jobs", "2")
+def warmed(tmp_path_factory) -> tuple[Path, Path]:
+    """(Triton cache, bundle) after `gdn-tune warmup --bundle` of the smoke preset's gating kernel."""
+    root = tmp_path_factory.mktemp("warmed")
+    cache, bundle = root / "triton-cache", root / "bundle"
+    report = warmup_cli(*WARM, "--cache-dir", str(cache), "--bundle", str(bundle), "--jobs", "2")
     assert report["counts"] == {"compiled": report["plan"]["variants"]}, report["results"]
-    return cache, None
+    assert report["bundle"]["variants"] == report["plan"]["variants"] >= 2
+    return cache, bundle
 
 
 def test_guard_refuses_a_compile_before_it_starts_and_names_kernel_key_config_and_specialisation(tmp_path):
@@ -183,6 +193,58 @@ def test_a_misspelt_guard_setting_fails_the_import(variable, value):
     assert f"{variable}='{value}': expected one of" in done.stderr, done.stderr
 
 
+def test_a_bundle_serves_a_process_whose_cache_is_empty_without_compiling(warmed, tmp_path):
+    _, bundle = warmed
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["format"] == BUNDLE_FORMAT and manifest["arch"] == 90 and manifest["triton"]
+    assert not list(bundle.rglob("*.ptx")) and list(bundle.rglob("*.cubin"))  # binaries, no IR
+    empty = tmp_path / "fresh-cache"
+    env = {"GDN_TUNE_BINARY_DIR": str(bundle), "GDN_TUNE_COMPILE_GUARD": "error"}
+    report = _child(empty, BF16_100, driver=12080, **env)
+    assert report["launches"][0]["ok"] and report["warnings"] == [], report
+    assert report["hits"] == [True] and report["key_calls"] == 0  # loaded, without Triton's cache key
+    assert not list(empty.rglob("*.cubin"))  # nothing compiled into the fresh cache
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ({"triton_version": "3.6.1"}, "built with Triton 3.6.0, this process runs Triton 3.6.1"),
+        ({"cc": 100}, "built for compute capability 90, this GPU is 100"),
+        ({"driver": 11080}, "ptxas of CUDA 12; the driver is CUDA 11.8"),
+    ],
+    ids=["another-triton", "another-arch", "older-driver"],
+)
+def test_a_bundle_from_another_triton_architecture_or_driver_is_refused(warmed, tmp_path, spec, why):
+    _, bundle = warmed
+    spec = {"driver": 12080, **spec}
+    env = {"GDN_TUNE_BINARY_DIR": str(bundle), "GDN_TUNE_COMPILE_GUARD": "error"}
+    report = _child(tmp_path / "fresh-cache", BF16_100, **spec, **env)
+    assert any(why in w and "is not used" in w for w in report["warnings"]), report["warnings"]
+    assert not report["launches"][0]["ok"] and report["trips"] == ["compile"]  # nothing loaded from it
+
+
+def test_bundle_refusal_names_what_differs():
+    here = {
+        "fingerprint": "f",
+        "triton": "3.6.0",
+        "installation": "wheel triton a",
+        "sources_and_environment": "s",
+    }
+    manifest = {"format": BUNDLE_FORMAT, "arch": 90, "ptxas": "Build cuda_12.8.r12.8/compiler.1_0", **here}
+    assert bundle_refusal(manifest, here, 90, 12080) is None
+    assert bundle_refusal(manifest, here, 90, 13000) is None  # a newer driver loads older cubins
+    assert "another the Triton installation" in bundle_refusal(
+        {**manifest, "installation": "wheel triton b", "fingerprint": "g"}, here, 90, 12080
+    )
+    assert "gdn_kernels' sources or the toolchain environment" in bundle_refusal(
+        {**manifest, "sources_and_environment": "t", "fingerprint": "g"}, here, 90, 12080
+    )
+    assert "no CUDA driver" in bundle_refusal(manifest, here, 90, None)
+    assert "not a bundle of format" in bundle_refusal({**manifest, "format": 0}, here, 90, 12080)
+    assert "not a bundle of format" in bundle_refusal(None, here, 90, 12080)
+
+
 GPU_GUARDED_SERVING = textwrap.dedent(
     """
     import json, torch
@@ -240,15 +302,19 @@ GPU_GUARDED_SERVING = textwrap.dedent(
 
 @pytest.mark.gpu
 def test_gpu_a_guarded_process_serves_warmed_shapes_and_a_decode_graph_and_refuses_an_unwarmed_one(tmp_path):
-    cache = tmp_path / "triton-cache"
+    cache, bundle = tmp_path / "triton-cache", tmp_path / "bundle"
     shapes = (
         "--shape",
         "H=16,HV=64,K=128,V=128,T=8192",
         "--shape",
         "H=16,HV=64,K=128,V=128,T=32,N=32,phase=decode",
     )
-    warm = warmup_cli(*shapes, "--cache-dir", str(cache))
+    warm = warmup_cli(*shapes, "--cache-dir", str(cache), "--bundle", str(bundle))
     assert warm["counts"].get("failed", 0) == 0 and warm["launchers_missing"] == [], warm
-    report = run_reporting(GPU_GUARDED_SERVING, cache, 600, GDN_TUNE_COMPILE_GUARD="error")
-    assert report["trips"] == ["compile"], report  # only the fp16 call, refused
-    assert "would compile (refused)" in report["refused"] and report["finite"], report
+    for served_from, env in (
+        (cache, {}),  # the cache the warmup filled
+        (tmp_path / "fresh-cache", {"GDN_TUNE_BINARY_DIR": str(bundle)}),  # a fresh container with the bundle
+    ):
+        report = run_reporting(GPU_GUARDED_SERVING, served_from, 600, GDN_TUNE_COMPILE_GUARD="error", **env)
+        assert report["trips"] == ["compile"], report  # only the fp16 call, refused
+        assert "would compile (refused)" in report["refused"] and report["finite"], report

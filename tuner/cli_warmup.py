@@ -62,6 +62,13 @@ from .cli import json_option
     show_default=True,
     help="Decode updates a state cache in place through ssm_state_indices.",
 )
+@click.option(
+    "--bundle",
+    type=click.Path(file_okay=False),
+    help="Also write the binaries and C launchers into this folder, for GDN_TUNE_BINARY_DIR: a folder a "
+    "container image bakes in or a deployment ships (loaded only by the same Triton, GPU architecture "
+    "and a compatible driver).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan (keys, configs, variants); compile nothing.")
 @json_option
 def warmup(
@@ -78,6 +85,7 @@ def warmup(
     qk_l2norm: bool,
     beta_dtype: str,
     decode_state_cache: bool,
+    bundle: str | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -121,7 +129,7 @@ def warmup(
         _print_plan(plan, as_json)
         return
     progress = None if as_json else _progress
-    result = run_warmup(plan, jobs, cache_dir, progress)
+    result = run_warmup(plan, jobs, cache_dir, progress, bundle)
     if as_json:
         click.echo(json.dumps({"plan": _plan_summary(plan), **result.as_dict()}, indent=2))
     else:
@@ -133,6 +141,12 @@ def warmup(
         )
         for failure in result.failed:
             click.echo(f"  failed: {failure.label}: {failure.error}")
+        if result.bundle is not None:
+            click.echo(
+                f"  bundle: {bundle} ({result.bundle['variants']} binaries, {result.bundle['c_modules']} C "
+                f"modules) for Triton {result.bundle['triton']}, compute capability {result.bundle['arch']}; "
+                f"serve with GDN_TUNE_BINARY_DIR={bundle}"
+            )
         for reason in result.launchers_missing():
             click.echo(
                 f"  launchers {reason} (each new signature then builds its launcher at first launch, "

@@ -196,6 +196,7 @@ class VariantResult:
     error: str | None = None
     # Triton's C launcher for the kernel's signature: "built" (or found) in the cache, or why not.
     launcher: str = ""
+    c_modules: int = 0  # C module files (launcher, driver utilities) found for a bundle
 
 
 @dataclass
@@ -204,6 +205,7 @@ class WarmupResult:
     jobs: int
     wall_seconds: float
     results: list[VariantResult] = field(default_factory=list)
+    bundle: dict[str, Any] | None = None  # the manifest of the bundle written, if one was
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -227,6 +229,7 @@ class WarmupResult:
             "counts": self.counts(),
             "launchers_missing": self.launchers_missing(),
             "compile_seconds": round(sum(r.seconds for r in self.results), 3),
+            "bundle": self.bundle,
             "results": [asdict(r) for r in self.results],
         }
 
@@ -550,15 +553,16 @@ def describe_launch(record: Any, kernel: str) -> Variant:
     return Variant(kernel, jit.fn.__module__, jit.fn.__name__, args, record.num_warps, record.num_stages)
 
 
-def compile_variant(variant: Variant, capability: int) -> VariantResult:
+def compile_variant(variant: Variant, capability: int, bundle: str | None = None) -> VariantResult:
     """Compile one variant for `capability` as a launch would (`compile_for_target`: the kernel's JIT
-    warmup under a compile-only driver); Triton's listener says if it was cached."""
+    warmup under a compile-only driver); Triton's listener says if it was cached. With `bundle`, the
+    binary and its C launcher are also copied into that bundle folder (`gdn_kernels._warm`)."""
     import importlib
 
     import triton
 
     from gdn_kernels._launch import LaunchRecord, compile_for_target
-    from gdn_kernels._warm import remember
+    from gdn_kernels._warm import add_to_bundle, remember
 
     seen: list[bool] = []
     triton.knobs.compilation.listener = lambda **kw: seen.append(bool(kw["cache_hit"]))
@@ -578,36 +582,59 @@ def compile_variant(variant: Variant, capability: int) -> VariantResult:
     # is in the cache all the same; only the shortcut to it is lost.
     with contextlib.suppress(OSError):
         remember(kernel, compiled)
-    launcher = build_launcher(compiled)
+    launcher, modules = build_launcher(compiled)
+    if bundle is not None:
+        from pathlib import Path
+
+        try:
+            add_to_bundle(Path(bundle), kernel, compiled, modules)
+        except OSError as e:  # the variant is in the cache; the bundle lacks it and says so
+            error = f"not bundled: {type(e).__name__}: {e}"
+            return VariantResult(
+                variant.label, variant.kernel, "failed", time.monotonic() - started, error=error
+            )
     seconds = time.monotonic() - started
     return VariantResult(
-        variant.label, variant.kernel, status, seconds, int(compiled.metadata.shared), launcher=launcher
+        variant.label,
+        variant.kernel,
+        status,
+        seconds,
+        int(compiled.metadata.shared),
+        launcher=launcher,
+        c_modules=len(modules),
     )
 
 
-def build_launcher(compiled: Any) -> str:
+def build_launcher(compiled: Any) -> tuple[str, list[Any]]:
     """Build, into Triton's cache, the C launcher Triton makes at a kernel's first launch in a process
     (one C compile per argument signature, about 0.3 s each, which the compile itself does not do), and
-    the driver's own C utilities, built at a process's first CUDA use. Returns "built", or why not: both
-    link against libcuda, which a machine without the GPU's driver lacks; its first launches then build
-    them, as they would without warmup."""
+    the driver's own C utilities, built at a process's first CUDA use. Returns "built" and the two
+    modules' files, or why not and no file: both link against libcuda, which a machine without the
+    GPU's driver lacks; its first launches then build them, as they would without warmup."""
+    from pathlib import Path
+
     try:
         from triton.backends.nvidia.driver import CudaLauncher, CudaUtils
 
-        CudaUtils()  # one per process: cached, so the second call costs a file lookup
-        CudaLauncher(compiled.src, compiled.metadata)
+        utils = CudaUtils()  # one per process: cached, so the second call costs a file lookup
+        launcher = CudaLauncher(compiled.src, compiled.metadata)
     except Exception as e:
-        return f"not built: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-    return "built"
+        return f"not built: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "), []
+    # A C extension's functions hold their module as __self__; its file is where Triton's cache keeps it.
+    modules = [
+        getattr(getattr(f, "__self__", None), "__file__", None) for f in (utils.load_binary, launcher.launch)
+    ]
+    return "built", [Path(m) for m in modules if m]
 
 
-def _worker_main(capability: int) -> None:
-    """`python -m gdn_tune.warmup --worker CC`: compile the variants read from stdin, one JSON per line."""
+def _worker_main(capability: int, bundle: str | None = None) -> None:
+    """`python -m gdn_tune.warmup --worker CC [--bundle DIR]`: compile the variants read from stdin, one
+    JSON per line."""
     out = sys.stdout
     for line in sys.stdin:
         if not line.strip():
             continue
-        result = compile_variant(Variant.from_dict(json.loads(line)), capability)
+        result = compile_variant(Variant.from_dict(json.loads(line)), capability, bundle)
         out.write(RESULT_PREFIX + json.dumps(asdict(result)) + "\n")
         out.flush()
 
@@ -629,9 +656,10 @@ def triton_cache_dir(cache_dir: str | None) -> str:
 
 
 class _Worker:
-    def __init__(self, capability: int, env: dict[str, str]) -> None:
+    def __init__(self, capability: int, env: dict[str, str], bundle: str | None = None) -> None:
+        bundling = ["--bundle", str(bundle)] if bundle else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gdn_tune.warmup", "--worker", str(capability)],
+            [sys.executable, "-m", "gdn_tune.warmup", "--worker", str(capability), *bundling],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -668,9 +696,11 @@ def run_warmup(
     jobs: int | None = None,
     cache_dir: str | None = None,
     progress: Callable[[int, int, VariantResult], None] | None = None,
+    bundle: str | None = None,
 ) -> WarmupResult:
     """Compile every variant of `plan` into Triton's cache (`cache_dir`, else $TRITON_CACHE_DIR, else
-    Triton's default) with `jobs` worker processes (default: one per CPU core, at most one per variant).
+    Triton's default) with `jobs` worker processes (default: one per CPU core, at most one per variant),
+    and with `bundle` into that bundle folder too, closed by its manifest once every variant is done.
 
     The heaviest kernels go first so the last worker does not start the slowest compile alone. A
     worker that dies takes only its variant down (recorded failed) and is replaced.
@@ -686,7 +716,7 @@ def run_warmup(
     lock = threading.Lock()
 
     def serve() -> None:
-        worker = _Worker(plan.capability, env)
+        worker = _Worker(plan.capability, env, bundle)
         try:
             while True:
                 try:
@@ -700,7 +730,7 @@ def run_warmup(
                         variant.label, variant.kernel, "failed", 0.0, error=f"worker died (exit code {code})"
                     )
                     worker.close()
-                    worker = _Worker(plan.capability, env)
+                    worker = _Worker(plan.capability, env, bundle)
                 with lock:
                     results.append(result)
                     if progress is not None:
@@ -713,11 +743,21 @@ def run_warmup(
         thread.start()
     for thread in threads:
         thread.join()
-    return WarmupResult(triton_cache_dir(cache_dir), jobs, time.monotonic() - started, results)
+    manifest = None
+    if bundle is not None:
+        from pathlib import Path
+
+        from gdn_kernels._warm import MODULES, write_bundle_manifest
+
+        done = [r for r in results if r.status != "failed"]
+        manifest = write_bundle_manifest(
+            Path(bundle), plan.capability, len(done), len(list((Path(bundle) / MODULES).glob("*/*")))
+        )
+    return WarmupResult(triton_cache_dir(cache_dir), jobs, time.monotonic() - started, results, manifest)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        _worker_main(int(sys.argv[2]))
+    if len(sys.argv) in (3, 5) and sys.argv[1] == "--worker" and sys.argv[3:4] in ([], ["--bundle"]):
+        _worker_main(int(sys.argv[2]), sys.argv[4] if len(sys.argv) == 5 else None)
     else:
-        sys.exit("usage: python -m gdn_tune.warmup --worker CC (started by gdn-tune warmup)")
+        sys.exit("usage: python -m gdn_tune.warmup --worker CC [--bundle DIR] (started by gdn-tune warmup)")
