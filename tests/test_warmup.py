@@ -69,8 +69,28 @@ def test_counts_in_bucket_meet_every_specialisation_class_inside_the_bucket(coun
         (["--preset", "smoke", "--device-name", "NVIDIA H200"], "--device-name goes with a named --gpu"),
         (["--preset", "smoke", "--gpu", "h200", "--jobs", "0"], "--jobs"),
         (["--preset", "smoke", "--gpu", "h200", "--beta-dtype", "int8"], "--beta-dtype"),
+        (["--model", "nope", "--gpu", "h200"], "unknown model 'nope'; known models: qwen3-next-80b-a3b"),
+        (["--model", "qwen3.5-35b-a3b", "--tp", "3", "--gpu", "h200"], "is sharded at TP 1, 2, 4, 8"),
+        (["--tp", "2", "--gpu", "h200"], "--tp goes with --model"),
+        (
+            ["--model", "qwen3.5-35b-a3b", "--no-varlen", "--gpu", "h200"],
+            "--varlen go with --preset or --shape",
+        ),
     ],
-    ids=["preset", "kernel", "target", "shape", "device-name", "device-name-auto", "jobs", "beta"],
+    ids=[
+        "preset",
+        "kernel",
+        "target",
+        "shape",
+        "device-name",
+        "device-name-auto",
+        "jobs",
+        "beta",
+        "model",
+        "tp",
+        "tp-alone",
+        "model-with-flags",
+    ],
 )
 def test_bad_arguments_are_clear_errors(args, message):
     result = CliRunner().invoke(main, ["warmup", *args])
@@ -156,6 +176,42 @@ def test_profile_flags_and_kernel_selection_change_the_plan():
     assert (
         plan["profile"] == CallProfile(varlen=False, initial_state=False, output_final_state=False).as_dict()
     )
+
+
+def test_model_and_tp_plan_every_serving_call_of_the_deployments_shapes():
+    from gdn_tune.presets import deployment_workloads
+    from gdn_tune.warmup import SERVING_CALLS
+
+    plan = warmup_cli("--model", "qwen3-next-80b-a3b", "--tp", "8", "--gpu", "h200", "--dry-run")
+    expected = {
+        (name, spec.key_for(w).label)
+        for w in deployment_workloads("qwen3-next-80b-a3b", 8)
+        for name, spec in kernel_specs().items()
+        if w.phase in spec.phases
+    }
+    assert {(k["kernel"], k["key"]) for k in plan["keys"]} == expected
+    assert {k["key"].split("-H=")[1].split("-")[0] for k in plan["keys"] if "-H=" in k["key"]} == {
+        "2"
+    }  # 16/8
+    assert plan["profiles"] == [p.as_dict() for _, p in SERVING_CALLS]
+    args = {
+        kernel: [dict(v["args"]) for v in plan["variants"] if v["kernel"] == kernel]
+        for kernel in kernel_specs()
+    }
+    # Prefill: with and without an initial state, with and without the final state; both gate dtypes
+    # give one variant (the rule casts g), bf16 beta another; in-kernel l2norm or not.
+    assert {(a["USE_INITIAL_STATE"], a["STORE_FINAL_STATE"]) for a in args["chunk_state"]} == {
+        (True, True),
+        (False, True),
+        (False, False),
+    }
+    assert {a["beta"][1] for a in args["chunk_kkt_solve"] if "beta" in a} == {"float32", "bfloat16"}
+    assert args["l2norm"]
+    # Decode: through int32 and int64 cu_seqlens and slot indices, and as a batch without either.
+    recurrences = args["fused_recurrent"]
+    assert {a["cu_seqlens"][1] for a in recurrences if a["cu_seqlens"]} == {"int32", "int64"}
+    assert {a["state_indices"][1] for a in recurrences if a["state_indices"]} == {"int32", "int64"}
+    assert any(a["cu_seqlens"] is None and a["state_indices"] is None for a in recurrences)
 
 
 @pytest.mark.slow

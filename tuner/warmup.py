@@ -87,9 +87,46 @@ class CallProfile:
     qk_l2norm: bool = True  # use_qk_l2norm_in_kernel, prefill and decode
     beta_dtype: str = "float32"  # or the q/k/v dtype (chunk_gated_delta_rule accepts both)
     decode_state_cache: bool = True  # decode: ssm_state_indices into a cache, inplace_final_state
+    index_dtype: str = "int32"  # cu_seqlens and ssm_state_indices: int32 (vLLM) or int64 (torch's default)
+    gate_dtype: str = "float32"  # g as passed: float32, or the model's dtype (the kernels cast it)
+    decode_varlen: bool = True  # decode passes cu_seqlens ([1, N] tokens) rather than [N, 1] batches
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check(self) -> None:
+        for name, allowed in (
+            ("beta_dtype", ("float32", "bfloat16", "float16")),
+            ("index_dtype", ("int32", "int64")),
+            ("gate_dtype", ("float32", "bfloat16", "float16")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name.replace('_', ' ')} must be {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+
+
+# The calls serving engines make, one profile each: `gdn-tune warmup --model` warms their union, so a
+# deployment's warm-up covers each path its engine may take. This is the one place to add a path: a
+# state layout ("kv"/"vk") or state dtype becomes a CallProfile field and a row here once the public
+# functions take it; a new public entry point (a fused-gating decode) becomes a call in
+# `_prefill_calls`/`_decode_calls`. Rows that launch the same variants cost nothing (they deduplicate).
+SERVING_CALLS: tuple[tuple[str, CallProfile], ...] = (
+    # vLLM: packed prompts from cached states, final states written back; decode in place in the cache.
+    ("vllm", CallProfile()),
+    # vLLM's prefill normalises q, k in its post-conv prep and calls the rule without in-kernel l2norm.
+    ("vllm-prenormalised", CallProfile(qk_l2norm=False)),
+    # A prompt with no cached state (a fresh request), final state kept.
+    ("fresh-prompt", CallProfile(initial_state=False)),
+    # No state in or out (scoring, embedding): FLA's defaults.
+    ("stateless", CallProfile(initial_state=False, output_final_state=False)),
+    # SGLang and FLA callers: int64 cu_seqlens and slot indices (torch's default integer dtype).
+    ("int64-indices", CallProfile(index_dtype="int64")),
+    # Gates in the model's dtype: vLLM's fused_gdn_gating gives beta in b's dtype; a bf16 g is cast.
+    ("bf16-gates", CallProfile(beta_dtype="bfloat16", gate_dtype="bfloat16")),
+    # Decode of a batch [N, 1] returning a new final state (FLA's fused_recurrent call, no cache).
+    ("batch-decode", CallProfile(decode_state_cache=False, decode_varlen=False)),
+)
 
 
 @dataclass(frozen=True)
@@ -162,12 +199,17 @@ def _runtime_arg(value: Any, kind: str) -> bool:
 class WarmupPlan:
     target: str  # what the tables resolved as: "sm90 (NVIDIA_H200)"
     capability: int  # 90: what the workers compile for
-    profile: CallProfile
+    profiles: list[CallProfile]  # the calls planned, each over every workload
     workloads: list[str]
     keys: list[PlannedKey]
     variants: list[Variant]
     calls: int  # public calls recorded
     plan_seconds: float
+
+    @property
+    def profile(self) -> CallProfile:
+        """The first call profile (the only one unless `--model` planned the serving calls)."""
+        return self.profiles[0]
 
     @property
     def unreached(self) -> list[PlannedKey]:
@@ -178,6 +220,7 @@ class WarmupPlan:
             "target": self.target,
             "capability": self.capability,
             "profile": self.profile.as_dict(),
+            "profiles": [p.as_dict() for p in self.profiles],
             "workloads": self.workloads,
             "keys": [k.as_dict() for k in self.keys],
             "variants": [v.as_dict() | {"label": v.label} for v in self.variants],
@@ -253,7 +296,12 @@ def counts_in_bucket(count: int, bucket: Callable[[int], int], lowest: int) -> l
     return sorted(chosen)
 
 
-def _prefill_calls(workload: Workload, tokens: int, profile: CallProfile) -> list[Callable[[], Any]]:
+# A planned call: the CallProfile fields it reads (two profiles that agree on them make the same call,
+# which is planned once) and the call itself.
+PlannedCall = tuple[tuple[str, ...], Callable[[], Any]]
+
+
+def _prefill_calls(workload: Workload, tokens: int, profile: CallProfile) -> list[PlannedCall]:
     """The prefill calls of one layer at `tokens`, on meta tensors: gates, fused prep, chunked rule."""
     import torch
 
@@ -267,7 +315,7 @@ def _prefill_calls(workload: Workload, tokens: int, profile: CallProfile) -> lis
     empty = lambda *shape, dt=dtype: torch.empty(*shape, dtype=dt, device=meta)
     if profile.varlen:
         batch, length = 1, tokens
-        cu_seqlens = empty(sequences + 1, dt=torch.int32)
+        cu_seqlens = empty(sequences + 1, dt=getattr(torch, profile.index_dtype))
     else:
         batch, length = sequences, -(-tokens // sequences)
         cu_seqlens = None
@@ -276,27 +324,39 @@ def _prefill_calls(workload: Workload, tokens: int, profile: CallProfile) -> lis
     mixed_qkv = empty(tokens, 2 * H * K + HV * V)
     q, k = empty(batch, length, H, K), empty(batch, length, H, K)
     v = empty(batch, length, HV, V)
-    g = empty(batch, length, HV, dt=f32)
+    g = empty(batch, length, HV, dt=getattr(torch, profile.gate_dtype))
     beta = empty(batch, length, HV, dt=getattr(torch, profile.beta_dtype))
     initial_state = empty(sequences, HV, K, V, dt=f32) if profile.initial_state else None
+    rule_reads = (
+        "varlen",
+        "index_dtype",
+        "gate_dtype",
+        "beta_dtype",
+        "initial_state",
+        "output_final_state",
+        "qk_l2norm",
+    )
     return [
-        lambda: gdn_kernels.fused_gdn_gating(A_log, a, b, dt_bias),
-        lambda: gdn_kernels.gdn_prefill_prep(mixed_qkv, a, b, A_log, dt_bias, H, HV, K, V),
-        lambda: gdn_kernels.chunk_gated_delta_rule(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            initial_state=initial_state,
-            output_final_state=profile.output_final_state,
-            cu_seqlens=cu_seqlens,
-            use_qk_l2norm_in_kernel=profile.qk_l2norm,
+        ((), lambda: gdn_kernels.fused_gdn_gating(A_log, a, b, dt_bias)),
+        ((), lambda: gdn_kernels.gdn_prefill_prep(mixed_qkv, a, b, A_log, dt_bias, H, HV, K, V)),
+        (
+            rule_reads,
+            lambda: gdn_kernels.chunk_gated_delta_rule(
+                q,
+                k,
+                v,
+                g,
+                beta,
+                initial_state=initial_state,
+                output_final_state=profile.output_final_state,
+                cu_seqlens=cu_seqlens,
+                use_qk_l2norm_in_kernel=profile.qk_l2norm,
+            ),
         ),
     ]
 
 
-def _decode_calls(workload: Workload, sequences: int, profile: CallProfile) -> list[Callable[[], Any]]:
+def _decode_calls(workload: Workload, sequences: int, profile: CallProfile) -> list[PlannedCall]:
     """One decode step of `sequences` sequences (one token each), on meta tensors: gates, recurrence."""
     import torch
 
@@ -307,32 +367,46 @@ def _decode_calls(workload: Workload, sequences: int, profile: CallProfile) -> l
     f32 = torch.float32
     H, HV, K, V = workload.H, workload.HV, workload.K, workload.V
     empty = lambda *shape, dt=dtype: torch.empty(*shape, dtype=dt, device=meta)
+    index = getattr(torch, profile.index_dtype)
     A_log, dt_bias = empty(HV, dt=f32), empty(HV, dt=f32)
     a, b = empty(sequences, HV), empty(sequences, HV)
-    q, k = empty(1, sequences, H, K), empty(1, sequences, H, K)
-    v = empty(1, sequences, HV, V)
-    g = empty(1, sequences, HV, dt=f32)
-    beta = empty(1, sequences, HV, dt=getattr(torch, profile.beta_dtype))
-    cu_seqlens = empty(sequences + 1, dt=torch.int32)
+    # [1, N] tokens with cu_seqlens (serving engines), or a batch of N sequences of one token.
+    batch, length = (1, sequences) if profile.decode_varlen else (sequences, 1)
+    q, k = empty(batch, length, H, K), empty(batch, length, H, K)
+    v = empty(batch, length, HV, V)
+    g = empty(batch, length, HV, dt=getattr(torch, profile.gate_dtype))
+    beta = empty(batch, length, HV, dt=getattr(torch, profile.beta_dtype))
+    cu_seqlens = empty(sequences + 1, dt=index) if profile.decode_varlen else None
     if profile.decode_state_cache:
         # A cache with more slots than running sequences, gathered and updated in place by slot index.
-        state, indices = empty(2 * sequences, HV, K, V, dt=f32), empty(sequences, dt=torch.int32)
+        state, indices = empty(2 * sequences, HV, K, V, dt=f32), empty(sequences, dt=index)
     else:
         state, indices = empty(sequences, HV, K, V, dt=f32), None
+    recurrence_reads = (
+        "decode_varlen",
+        "decode_state_cache",
+        "index_dtype",
+        "gate_dtype",
+        "beta_dtype",
+        "qk_l2norm",
+    )
     return [
-        lambda: gdn_kernels.fused_gdn_gating(A_log, a, b, dt_bias),
-        lambda: gdn_kernels.fused_recurrent_gated_delta_rule(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            initial_state=state,
-            output_final_state=True,
-            cu_seqlens=cu_seqlens,
-            use_qk_l2norm_in_kernel=profile.qk_l2norm,
-            ssm_state_indices=indices,
-            inplace_final_state=profile.decode_state_cache,
+        ((), lambda: gdn_kernels.fused_gdn_gating(A_log, a, b, dt_bias)),
+        (
+            recurrence_reads,
+            lambda: gdn_kernels.fused_recurrent_gated_delta_rule(
+                q,
+                k,
+                v,
+                g,
+                beta,
+                initial_state=state,
+                output_final_state=True,
+                cu_seqlens=cu_seqlens,
+                use_qk_l2norm_in_kernel=profile.qk_l2norm,
+                ssm_state_indices=indices,
+                inplace_final_state=profile.decode_state_cache,
+            ),
         ),
     ]
 
@@ -452,9 +526,10 @@ def plan_warmup(
     capability: int,
     target: str,
     kernels: Sequence[str] | None = None,
-    profile: CallProfile = CallProfile(),
+    profile: CallProfile | Sequence[CallProfile] = CallProfile(),
 ) -> WarmupPlan:
-    """Every variant the profile's calls of `workloads` launch on a GPU at `place` (see the module doc).
+    """Every variant the calls of `workloads`, made as `profile` (or each of several profiles) says,
+    launch on a GPU at `place` (see the module doc).
 
     Refuses under TRITON_INTERPRET=1: the kernels would then take their interpreter paths (constexpr
     INTERPRETED flags) and record variants no GPU ever runs.
@@ -465,15 +540,16 @@ def plan_warmup(
     from gdn_kernels._launch import recording
 
     specs = select_specs(kernels)
-    if profile.beta_dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"beta dtype must be float32, bfloat16 or float16, got {profile.beta_dtype!r}")
+    profiles = [profile] if isinstance(profile, CallProfile) else list(dict.fromkeys(profile))
+    for each in profiles:
+        each.check()
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("warmup plans compiled GPU launches; unset TRITON_INTERPRET (it is 1 here)")
     started = time.monotonic()
     workloads = list(dict.fromkeys(workloads))
     kernel_names = {id(fn): name for name, spec in specs.items() for fn in spec.jit_functions}
     variants: dict[tuple, Variant] = {}
-    calls = 0
+    made: set[tuple] = set()  # (workload, count, call, the profile fields it reads): made once
     with _resolving_meta_as(place):
         for workload in workloads:
             if not any(workload.phase in spec.phases for spec in specs.values()):
@@ -485,14 +561,18 @@ def plan_warmup(
                 counts = counts_in_bucket(workload.tokens, token_bucket, 1)
                 make_calls = _prefill_calls
             for count in counts:
-                for call in make_calls(workload, count, profile):
-                    with recording() as records:
-                        call()
-                    calls += 1
-                    for record in records:
-                        variant = _variant_of(record, kernel_names)
-                        if variant is not None:
-                            variants.setdefault(_specialisation(variant), variant)
+                for each in profiles:
+                    for i, (reads, call) in enumerate(make_calls(workload, count, each)):
+                        made_as = (workload, count, i, tuple(getattr(each, f) for f in reads))
+                        if made_as in made:
+                            continue
+                        made.add(made_as)
+                        with recording() as records:
+                            call()
+                        for record in records:
+                            variant = _variant_of(record, kernel_names)
+                            if variant is not None:
+                                variants.setdefault(_specialisation(variant), variant)
         resolved = {
             (r.kernel, r.key): r for r in _tables.resolution_report() if torch.device(r.device).type == "meta"
         }
@@ -515,11 +595,11 @@ def plan_warmup(
     return WarmupPlan(
         target=target,
         capability=capability,
-        profile=profile,
+        profiles=profiles,
         workloads=[w.label for w in workloads],
         keys=keys,
         variants=list(variants.values()),
-        calls=calls,
+        calls=len(made),
         plan_seconds=time.monotonic() - started,
     )
 
