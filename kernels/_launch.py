@@ -185,6 +185,22 @@ _specialise = None
 if triton.__version__.startswith("3.6.") and os.environ.get("GDN_KERNELS_DIRECT_LAUNCH", "1") != "0":
     from triton._C.libtriton import native_specialize_impl as _specialise
 
+
+def _import_what_the_binder_imports() -> None:
+    """Triton's argument specialiser (behind every launch, ours or `kernel[grid]`) imports 40 modules
+    on its first call in a process (gluon, the code generator, tensor descriptors): 0.11 s on a CPU
+    core here, which the first launch of a process paid. One call on an integer (which needs no
+    backend) does it at import instead; under the interpreter nothing specialises."""
+    try:
+        from triton._C.libtriton import native_specialize_impl
+    except ImportError:  # before 3.6 the binder is Python, and imports nothing lazily
+        return
+    native_specialize_impl(None, 1, False, True, True)
+
+
+if not INTERPRETED:
+    _import_what_the_binder_imports()
+
 # torch.cuda.current_device() without its lazy-init check (CUDA is up once a kernel has launched).
 _current_device = getattr(torch._C, "_cuda_getDevice", torch.cuda.current_device)
 # Absent from CPU-only builds of torch, where no kernel takes the direct path.
