@@ -363,7 +363,7 @@ def bundle_refusal(manifest: Any, here: dict[str, Any], arch: int, driver: int |
             )
             if manifest.get(field) != here[field]
         ]
-        return f"built by another {' and '.join(differ) or 'ptxas'} than this process's"
+        return f"its fingerprint differs from this process's in {'; '.join(differ) or 'the overriding ptxas'}"
     needed = _cuda_major(str(manifest.get("ptxas", "")))
     if driver is None:
         return "no CUDA driver found to check the bundle's binaries against"

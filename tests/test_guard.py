@@ -234,7 +234,7 @@ def test_bundle_refusal_names_what_differs():
     manifest = {"format": BUNDLE_FORMAT, "arch": 90, "ptxas": "Build cuda_12.8.r12.8/compiler.1_0", **here}
     assert bundle_refusal(manifest, here, 90, 12080) is None
     assert bundle_refusal(manifest, here, 90, 13000) is None  # a newer driver loads older cubins
-    assert "another the Triton installation" in bundle_refusal(
+    assert "differs from this process's in the Triton installation" in bundle_refusal(
         {**manifest, "installation": "wheel triton b", "fingerprint": "g"}, here, 90, 12080
     )
     assert "gdn_kernels' sources or the toolchain environment" in bundle_refusal(
