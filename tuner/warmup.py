@@ -32,6 +32,13 @@ How, and why this way rather than calling the public functions on real GPU tenso
    entry per binary (`gdn_kernels._warm`) that a first launch loads without that key. On the H200 the
    first forward call after warmup went from 1.9-2.1 s to 0.13-0.15 s.
 
+4. **A deployment's terms, and beyond the cache.** `--model NAME --tp N` plans a model's shapes at its
+   tensor-parallel degree with every call profile of `SERVING_CALLS` (the paths serving engines take);
+   `--bundle DIR` also copies each binary, its warm entry and the C launchers into a folder that a
+   fresh process loads through `GDN_TUNE_BINARY_DIR` (keyed by Triton installation, architecture and
+   driver: `gdn_kernels._warm`); `GDN_TUNE_COMPILE_GUARD=error` in the server then proves the warmup
+   covered every call (`gdn_kernels._guard`).
+
 Calling the public functions on real tensors in each worker would be exact by construction but costs a
 CUDA context per process (about 500 MB each), real inputs (32768 tokens × 64 heads: GBs of h), and
 compiles each shared variant once per process that meets it. The recorded path is verified instead:
