@@ -30,6 +30,7 @@ import triton
 from triton import knobs
 from triton.runtime.jit import JITFunction
 
+from . import _guard
 from ._spec import Config
 from ._warm import load_warm
 
@@ -40,6 +41,7 @@ class LaunchRecord:
     args: dict[str, Any]  # every argument of the kernel, constexprs included
     num_warps: int
     num_stages: int
+    config: Config | None = None  # the config the launch was given (block sizes are also in args)
 
 
 _recorder: list[LaunchRecord] | None = None
@@ -49,7 +51,9 @@ def launch(kernel: Any, grid: tuple[int, ...], config: Config, **args: Any) -> N
     """Launch `kernel` on `grid` with the config's block sizes, warps and stages."""
     if _recorder is not None:
         _recorder.append(
-            LaunchRecord(kernel, {**args, **config.block_params()}, config.num_warps, config.num_stages)
+            LaunchRecord(
+                kernel, {**args, **config.block_params()}, config.num_warps, config.num_stages, config
+            )
         )
         return
     plan = _plans.get(kernel)
@@ -75,14 +79,28 @@ def launch(kernel: Any, grid: tuple[int, ...], config: Config, **args: Any) -> N
                 *plan.positional(args),
             )
             return
-        options = {**config.block_params(), "num_warps": config.num_warps, "num_stages": config.num_stages}
         if binary is None:  # this process's first launch of it
-            load_warm(kernel, **args, **options)
-        compiled = kernel[grid](**args, **options)
+            prepare_first_launch(kernel, config, args)
+        compiled = kernel[grid](**args, **_options(config))
         if hasattr(compiled, "packed_metadata"):
             plan.binaries[key] = _binary_of(compiled)
         return
-    kernel[grid](**args, **config.block_params(), num_warps=config.num_warps, num_stages=config.num_stages)
+    if _guard.watching() and isinstance(kernel, JITFunction):
+        # Without the direct path no memo tells a first launch apart: each launch is checked, a
+        # warmup call that finds the binary in memory (about 20 µs) once it has run.
+        prepare_first_launch(kernel, config, args)
+    kernel[grid](**args, **_options(config))
+
+
+def _options(config: Config) -> dict[str, int]:
+    return {**config.block_params(), "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def prepare_first_launch(kernel: Any, config: Config, args: dict[str, Any]) -> None:
+    """Before a process's first launch of a specialisation: load its warm binary (`_warm.py`) and, with
+    the compile guard on and start-up over, report or refuse a launch that would compile (`_guard.py`)."""
+    watch = _guard.guard_watcher(kernel, config) if _guard.watching() else None
+    load_warm(kernel, watch, **{**args, **_options(config)})  # recorded args hold the block sizes too
 
 
 def _binary_of(compiled: Any) -> tuple[Any, tuple, Any, Any]:
@@ -166,6 +184,22 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 _specialise = None
 if triton.__version__.startswith("3.6.") and os.environ.get("GDN_KERNELS_DIRECT_LAUNCH", "1") != "0":
     from triton._C.libtriton import native_specialize_impl as _specialise
+
+
+def _import_what_the_binder_imports() -> None:
+    """Triton's argument specialiser (behind every launch, ours or `kernel[grid]`) imports 40 modules
+    on its first call in a process (gluon, the code generator, tensor descriptors): 0.11 s on a CPU
+    core here, which the first launch of a process paid. One call on an integer (which needs no
+    backend) does it at import instead; under the interpreter nothing specialises."""
+    try:
+        from triton._C.libtriton import native_specialize_impl
+    except ImportError:  # before 3.6 the binder is Python, and imports nothing lazily
+        return
+    native_specialize_impl(None, 1, False, True, True)
+
+
+if not INTERPRETED:
+    _import_what_the_binder_imports()
 
 # torch.cuda.current_device() without its lazy-init check (CUDA is up once a kernel has launched).
 _current_device = getattr(torch._C, "_cuda_getDevice", torch.cuda.current_device)

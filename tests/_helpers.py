@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -62,6 +63,42 @@ def default_config_shared_memory(kernel: str, **key_fields: int | str) -> dict[s
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+# The tuner's command line in a child process (its own environment, its own Triton).
+CLI = [sys.executable, "-c", "from gdn_tune.cli import main; main()"]
+
+
+def compiled_env(**extra: str) -> dict[str, str]:
+    """The environment of a process that compiles for the GPU: no interpreter, no table override."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GDN_TUNE_CONFIG_DIR")}
+    return env | extra
+
+
+def run_reporting(code: str, cache: Path, timeout: int = 300, **env: str) -> dict:
+    """Run `code` in a fresh compiling process on Triton cache `cache`; its last line is JSON."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=compiled_env(TRITON_CACHE_DIR=str(cache), **env),
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def warmup_cli(*args: str, **env: str) -> dict:
+    """`gdn-tune warmup ARGS --json` in a compiling process; its JSON report."""
+    done = subprocess.run(
+        [*CLI, "warmup", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=compiled_env(**env),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout)
 
 

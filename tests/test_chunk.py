@@ -323,6 +323,7 @@ def test_bad_arguments_raise_value_error_naming_them(case):
             bad["beta"],
             initial_state=bad["initial_state"],
             cu_seqlens=bad["cu_seqlens"],
+            state_layout=bad.get("state_layout", "kv"),
         )
 
 

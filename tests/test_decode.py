@@ -310,8 +310,8 @@ BAD_ARGUMENTS = {
     ),
     "state-shape": (lambda i: {"initial_state": i["initial_state"][:2]}, "initial_state must be"),
     "state-dtype": (
-        lambda i: {"initial_state": i["initial_state"].bfloat16()},
-        "initial_state must be float32",
+        lambda i: {"initial_state": i["initial_state"].to(torch.int32)},
+        "initial_state must be float32, bfloat16 or float16",
     ),
     "indices-without-state": (
         lambda i: {"initial_state": None, "ssm_state_indices": torch.arange(3, dtype=torch.int32)},

@@ -8,15 +8,14 @@ whose launches are not the GPU's (the plan refuses it, as tested here).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from _helpers import run_reporting, warmup_cli
 from click.testing import CliRunner
 
 from gdn_kernels import kernel_specs
@@ -36,38 +35,6 @@ MADE_WITH = {
     "cuda": "12.8",
     "date": "2026-01-31",
 }
-CLI = [sys.executable, "-c", "from gdn_tune.cli import main; main()"]
-
-
-def _compiled_env(**extra: str) -> dict[str, str]:
-    """The environment of a process that compiles for the GPU: no interpreter."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GDN_TUNE_CONFIG_DIR")}
-    return env | extra
-
-
-def _run_reporting(code: str, cache: Path, timeout: int = 300, **env: str) -> dict:
-    """Run `code` in a fresh compiling process on Triton cache `cache`; its last line is JSON."""
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=_compiled_env(TRITON_CACHE_DIR=str(cache), **env),
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _warmup(*args: str, **env: str) -> dict:
-    done = subprocess.run(
-        [*CLI, "warmup", *args, "--json"],
-        capture_output=True,
-        text=True,
-        env=_compiled_env(**env),
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(done.stdout)
 
 
 @pytest.mark.parametrize(
@@ -102,8 +69,28 @@ def test_counts_in_bucket_meet_every_specialisation_class_inside_the_bucket(coun
         (["--preset", "smoke", "--device-name", "NVIDIA H200"], "--device-name goes with a named --gpu"),
         (["--preset", "smoke", "--gpu", "h200", "--jobs", "0"], "--jobs"),
         (["--preset", "smoke", "--gpu", "h200", "--beta-dtype", "int8"], "--beta-dtype"),
+        (["--model", "nope", "--gpu", "h200"], "unknown model 'nope'; known models: qwen3-next-80b-a3b"),
+        (["--model", "qwen3.5-35b-a3b", "--tp", "3", "--gpu", "h200"], "is sharded at TP 1, 2, 4, 8"),
+        (["--tp", "2", "--gpu", "h200"], "--tp goes with --model"),
+        (
+            ["--model", "qwen3.5-35b-a3b", "--no-varlen", "--gpu", "h200"],
+            "--varlen go with --preset or --shape",
+        ),
     ],
-    ids=["preset", "kernel", "target", "shape", "device-name", "device-name-auto", "jobs", "beta"],
+    ids=[
+        "preset",
+        "kernel",
+        "target",
+        "shape",
+        "device-name",
+        "device-name-auto",
+        "jobs",
+        "beta",
+        "model",
+        "tp",
+        "tp-alone",
+        "model-with-flags",
+    ],
 )
 def test_bad_arguments_are_clear_errors(args, message):
     result = CliRunner().invoke(main, ["warmup", *args])
@@ -147,7 +134,7 @@ def test_smoke_plan_reaches_every_spec_and_workload_with_every_integer_class(tmp
     write_table(tmp_path, "sm90", GATING, [device_entry], MADE_WITH, device_name="NVIDIA H200")
     write_table(tmp_path, "sm90", GATING, [arch_entry], MADE_WITH)
 
-    plan = _warmup(
+    plan = warmup_cli(
         "--preset", "smoke", "--gpu", "h200", "--device-name", "NVIDIA H200", "--dry-run",
         GDN_TUNE_CONFIG_DIR=str(tmp_path),
     )  # fmt: skip
@@ -172,7 +159,7 @@ def test_smoke_plan_reaches_every_spec_and_workload_with_every_integer_class(tmp
 
 
 def test_profile_flags_and_kernel_selection_change_the_plan():
-    plan = _warmup(
+    plan = warmup_cli(
         "--preset", "smoke", "--gpu", "h200", "--kernels", "chunk_state", "--no-varlen", "--no-initial-state",
         "--no-final-state", "--dry-run",
     )  # fmt: skip
@@ -191,9 +178,45 @@ def test_profile_flags_and_kernel_selection_change_the_plan():
     )
 
 
+def test_model_and_tp_plan_every_serving_call_of_the_deployments_shapes():
+    from gdn_tune.presets import deployment_workloads
+    from gdn_tune.warmup import SERVING_CALLS
+
+    plan = warmup_cli("--model", "qwen3-next-80b-a3b", "--tp", "8", "--gpu", "h200", "--dry-run")
+    expected = {
+        (name, spec.key_for(w).label)
+        for w in deployment_workloads("qwen3-next-80b-a3b", 8)
+        for name, spec in kernel_specs().items()
+        if w.phase in spec.phases
+    }
+    assert {(k["kernel"], k["key"]) for k in plan["keys"]} == expected
+    assert {k["key"].split("-H=")[1].split("-")[0] for k in plan["keys"] if "-H=" in k["key"]} == {
+        "2"
+    }  # 16/8
+    assert plan["profiles"] == [p.as_dict() for _, p in SERVING_CALLS]
+    args = {
+        kernel: [dict(v["args"]) for v in plan["variants"] if v["kernel"] == kernel]
+        for kernel in kernel_specs()
+    }
+    # Prefill: with and without an initial state, with and without the final state; both gate dtypes
+    # give one variant (the rule casts g), bf16 beta another; in-kernel l2norm or not.
+    assert {(a["USE_INITIAL_STATE"], a["STORE_FINAL_STATE"]) for a in args["chunk_state"]} == {
+        (True, True),
+        (False, True),
+        (False, False),
+    }
+    assert {a["beta"][1] for a in args["chunk_kkt_solve"] if "beta" in a} == {"float32", "bfloat16"}
+    assert args["l2norm"]
+    # Decode: through int32 and int64 cu_seqlens and slot indices, and as a batch without either.
+    recurrences = args["fused_recurrent"]
+    assert {a["cu_seqlens"][1] for a in recurrences if a["cu_seqlens"]} == {"int32", "int64"}
+    assert {a["state_indices"][1] for a in recurrences if a["state_indices"]} == {"int32", "int64"}
+    assert any(a["cu_seqlens"] is None and a["state_indices"] is None for a in recurrences)
+
+
 @pytest.mark.slow
 def test_default_preset_plan_reaches_every_spec_and_workload():
-    plan = _warmup("--preset", "default", "--gpu", "h200", "--dry-run")
+    plan = warmup_cli("--preset", "default", "--gpu", "h200", "--dry-run")
     assert {(k["kernel"], k["key"]) for k in plan["keys"]} == _expected_pairs("default")
     assert [k for k in plan["keys"] if k["source"] == "unreached"] == []
     kernels_with_variants = {v["kernel"] for v in plan["variants"]}
@@ -230,7 +253,7 @@ REAL_TENSOR_CHECK = textwrap.dedent(
 def test_warmup_compiles_for_sm90_on_the_cpu_and_real_tensor_calls_hit_its_cache(tmp_path):
     cache = tmp_path / "triton-cache"
     args = ("--preset", "smoke", "--gpu", "h200", "--kernels", "gdn_gating,l2norm", "--cache-dir", str(cache))
-    first = _warmup(*args, "--jobs", "2")
+    first = warmup_cli(*args, "--jobs", "2")
     assert first["counts"] == {"compiled": first["plan"]["variants"]}, first["results"]
     assert first["plan"]["variants"] >= 4  # two kernels × (T divisible by 16, T not)
     assert all(r["shared_bytes"] is not None for r in first["results"])
@@ -241,12 +264,12 @@ def test_warmup_compiles_for_sm90_on_the_cpu_and_real_tensor_calls_hit_its_cache
     assert bool(first["launchers_missing"]) == (not has_libcuda), first["launchers_missing"]
     assert all(reason.startswith("not built: ") for reason in first["launchers_missing"])
 
-    again = _warmup(*args, "--jobs", "1")
+    again = warmup_cli(*args, "--jobs", "1")
     assert again["counts"] == {"cached": first["plan"]["variants"]}, again["results"]
 
     # The CPU tensors resolve no table (CPU device), so the configs are the defaults: the smoke plan
     # for h200 without tables resolves the defaults too.
-    report = _run_reporting(REAL_TENSOR_CHECK, cache)
+    report = run_reporting(REAL_TENSOR_CHECK, cache)
     assert report["launches"] == 6
     assert report["hits"] and all(report["hits"]), report  # every compile Triton attempted was a hit
 
@@ -301,13 +324,13 @@ GPU_FIRST_CALLS = textwrap.dedent(
 @pytest.mark.gpu
 def test_gpu_production_calls_after_warmup_compile_nothing(tmp_path):
     cache = tmp_path / "triton-cache"
-    warm = _warmup(
+    warm = warmup_cli(
         "--shape", "H=16,HV=64,K=128,V=128,T=8192", "--shape", "H=16,HV=64,K=128,V=128,T=32,N=32,phase=decode",
         "--cache-dir", str(cache),
     )  # fmt: skip
     assert not warm["plan"]["unreached"] and warm["counts"].get("failed", 0) == 0, warm
     assert warm["launchers_missing"] == [], warm["launchers_missing"]
-    report = _run_reporting(GPU_FIRST_CALLS, cache, timeout=600)
+    report = run_reporting(GPU_FIRST_CALLS, cache, timeout=600)
     assert report["compilations"] > 0  # the listener saw the first loads
     assert report["misses"] == 0, report
     assert report["c_builds"] == [], report  # launchers and driver utilities came from the warmup
@@ -359,19 +382,21 @@ WARM_LOAD_CHECK = textwrap.dedent(
 def test_a_warmed_binary_loads_without_tritons_cache_key_and_a_cold_one_compiles(tmp_path):
     cache = tmp_path / "triton-cache"
 
-    cold = _run_reporting(
+    cold = run_reporting(
         WARM_LOAD_CHECK, cache
     )  # nothing warmed: Triton compiles each variant, through its cache key
     assert cold["variants"] >= 2 and cold["loaded"] == cold["variants"]
     assert cold["hits"] == [False] * cold["variants"] and cold["key_calls"] >= cold["variants"]
 
     shutil.rmtree(cache)
-    warm = _warmup("--preset", "smoke", "--gpu", "h200", "--kernels", "gdn_gating", "--cache-dir", str(cache))
+    warm = warmup_cli(
+        "--preset", "smoke", "--gpu", "h200", "--kernels", "gdn_gating", "--cache-dir", str(cache)
+    )
     assert warm["plan"]["variants"] == cold["variants"]
     assert len(list((cache / "gdn_kernels-warm").glob("*.json"))) == cold["variants"]
-    hot = _run_reporting(WARM_LOAD_CHECK, cache)
+    hot = run_reporting(WARM_LOAD_CHECK, cache)
     assert hot["loaded"] == hot["variants"] == cold["variants"]
     assert hot["hits"] == [True] * hot["variants"] and hot["key_calls"] == 0, hot
     # Another ptxas option would make Triton compile other binaries: the warm entries do not apply.
-    other = _run_reporting(WARM_LOAD_CHECK, cache, PTXAS_OPTIONS="-O2")
+    other = run_reporting(WARM_LOAD_CHECK, cache, PTXAS_OPTIONS="-O2")
     assert other["key_calls"] >= other["variants"], other

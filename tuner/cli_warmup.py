@@ -10,8 +10,27 @@ import click
 
 from .cli import json_option
 
+# The options that make the one call profile of --preset/--shape (--model plans the serving calls).
+PROFILE_FLAGS = ("varlen", "initial_state", "final_state", "qk_l2norm", "beta_dtype", "decode_state_cache")
+
 
 @click.command()
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME",
+    help="A model the deployment serves (repeatable; an unknown name lists the known ones): its prefill and "
+    "decode shapes at each --tp, called as serving engines call them (every row of warmup.SERVING_CALLS).",
+)
+@click.option(
+    "--tp",
+    "tps",
+    multiple=True,
+    type=int,
+    metavar="N",
+    help="With --model: the tensor-parallel degree it runs at (repeatable; default: 1, 2, 4 and 8).",
+)
 @click.option(
     "--preset",
     "presets",
@@ -62,9 +81,20 @@ from .cli import json_option
     show_default=True,
     help="Decode updates a state cache in place through ssm_state_indices.",
 )
+@click.option(
+    "--bundle",
+    type=click.Path(file_okay=False),
+    help="Also write the binaries and C launchers into this folder, for GDN_TUNE_BINARY_DIR: a folder a "
+    "container image bakes in or a deployment ships (loaded only by the same Triton, GPU architecture "
+    "and a compatible driver).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan (keys, configs, variants); compile nothing.")
 @json_option
+@click.pass_context
 def warmup(
+    ctx: click.Context,
+    models: tuple[str, ...],
+    tps: tuple[int, ...],
     presets: tuple[str, ...],
     shapes: tuple[str, ...],
     kernels: str | None,
@@ -78,6 +108,7 @@ def warmup(
     qk_l2norm: bool,
     beta_dtype: str,
     decode_state_cache: bool,
+    bundle: str | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -86,16 +117,28 @@ def warmup(
     The public functions run on meta tensors for every workload of the presets (every token count class
     Triton specialises on), their launches are recorded and deduplicated, and each variant is compiled
     through Triton's JIT warmup in worker processes. Run it with the server's environment (Triton's
-    cache key includes its TRITON_* compiler variables) and the server's call profile (the flags below).
+    cache key includes its TRITON_* compiler variables) and the server's call profile (the flags below),
+    or name the deployment (--model qwen3-next-80b-a3b --tp 4) to warm every call serving engines make.
+    Serve with GDN_TUNE_COMPILE_GUARD=error to prove that nothing compiles after start-up.
     """
     from .cli_sweep import parse_shape
-    from .presets import preset_by_name
-    from .warmup import CallProfile, local_place, plan_warmup, run_warmup, target_place
+    from .presets import TENSOR_PARALLEL, deployment_workloads, preset_by_name
+    from .warmup import SERVING_CALLS, CallProfile, local_place, plan_warmup, run_warmup, target_place
 
     try:
-        workloads = [
-            w for name in presets or (() if shapes else ("default",)) for w in preset_by_name(name).workloads
+        if tps and not models:
+            raise ValueError("--tp goes with --model")
+        flags = [
+            p for p in PROFILE_FLAGS if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE
         ]
+        if models and flags:
+            raise ValueError(
+                f"--model warms every call serving engines make (warmup.SERVING_CALLS); "
+                f"{', '.join('--' + f.replace('_', '-') for f in flags)} go with --preset or --shape alone"
+            )
+        fallback = () if shapes or models else ("default",)
+        workloads = [w for name in presets or fallback for w in preset_by_name(name).workloads]
+        workloads += [w for m in models for tp in tps or TENSOR_PARALLEL for w in deployment_workloads(m, tp)]
         workloads += [parse_shape(s) for s in shapes]
         if gpu == "auto":
             if device_name:
@@ -111,8 +154,9 @@ def warmup(
             beta_dtype=beta_dtype,
             decode_state_cache=decode_state_cache,
         )
+        profiles = [p for _, p in SERVING_CALLS] if models else [profile]
         names = [k.strip() for k in kernels.split(",") if k.strip()] if kernels else None
-        plan = plan_warmup(workloads, place, capability, target, names, profile)
+        plan = plan_warmup(workloads, place, capability, target, names, profiles)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     for key in plan.unreached:
@@ -121,7 +165,7 @@ def warmup(
         _print_plan(plan, as_json)
         return
     progress = None if as_json else _progress
-    result = run_warmup(plan, jobs, cache_dir, progress)
+    result = run_warmup(plan, jobs, cache_dir, progress, bundle)
     if as_json:
         click.echo(json.dumps({"plan": _plan_summary(plan), **result.as_dict()}, indent=2))
     else:
@@ -133,6 +177,12 @@ def warmup(
         )
         for failure in result.failed:
             click.echo(f"  failed: {failure.label}: {failure.error}")
+        if result.bundle is not None:
+            click.echo(
+                f"  bundle: {bundle} ({result.bundle['variants']} binaries, {result.bundle['c_modules']} C "
+                f"modules) for Triton {result.bundle['triton']}, compute capability {result.bundle['arch']}; "
+                f"serve with GDN_TUNE_BINARY_DIR={bundle}"
+            )
         for reason in result.launchers_missing():
             click.echo(
                 f"  launchers {reason} (each new signature then builds its launcher at first launch, "

@@ -186,6 +186,18 @@ class UnknownPresetError(ValueError):
     pass
 
 
+def deployment_workloads(model: str, tp: int) -> tuple[Workload, ...]:
+    """The prefill and decode workloads of one GPU of `model` served at tensor-parallel degree `tp`: its
+    GDN layer's heads divided by `tp`, over the token and sequence buckets above."""
+    if model not in MODELS:
+        raise UnknownPresetError(f"unknown model {model!r}; known models: {', '.join(MODELS)}")
+    shape = MODELS[model]
+    if tp not in TENSOR_PARALLEL or shape.H % tp or shape.HV % tp:
+        degrees = ", ".join(str(t) for t in TENSOR_PARALLEL if shape.H % t == 0 and shape.HV % t == 0)
+        raise UnknownPresetError(f"--tp {tp}: {model} is sharded at TP {degrees}")
+    return model_workloads([shape], (tp,))
+
+
 def preset_by_name(name: str) -> Preset:
     try:
         return PRESETS[name]

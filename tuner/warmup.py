@@ -32,6 +32,13 @@ How, and why this way rather than calling the public functions on real GPU tenso
    entry per binary (`gdn_kernels._warm`) that a first launch loads without that key. On the H200 the
    first forward call after warmup went from 1.9-2.1 s to 0.13-0.15 s.
 
+4. **A deployment's terms, and beyond the cache.** `--model NAME --tp N` plans a model's shapes at its
+   tensor-parallel degree with every call profile of `SERVING_CALLS` (the paths serving engines take);
+   `--bundle DIR` also copies each binary, its warm entry and the C launchers into a folder that a
+   fresh process loads through `GDN_TUNE_BINARY_DIR` (keyed by Triton installation, architecture and
+   driver: `gdn_kernels._warm`); `GDN_TUNE_COMPILE_GUARD=error` in the server then proves the warmup
+   covered every call (`gdn_kernels._guard`).
+
 Calling the public functions on real tensors in each worker would be exact by construction but costs a
 CUDA context per process (about 500 MB each), real inputs (32768 tokens × 64 heads: GBs of h), and
 compiles each shared variant once per process that meets it. The recorded path is verified instead:
@@ -87,9 +94,46 @@ class CallProfile:
     qk_l2norm: bool = True  # use_qk_l2norm_in_kernel, prefill and decode
     beta_dtype: str = "float32"  # or the q/k/v dtype (chunk_gated_delta_rule accepts both)
     decode_state_cache: bool = True  # decode: ssm_state_indices into a cache, inplace_final_state
+    index_dtype: str = "int32"  # cu_seqlens and ssm_state_indices: int32 (vLLM) or int64 (torch's default)
+    gate_dtype: str = "float32"  # g as passed: float32, or the model's dtype (the kernels cast it)
+    decode_varlen: bool = True  # decode passes cu_seqlens ([1, N] tokens) rather than [N, 1] batches
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check(self) -> None:
+        for name, allowed in (
+            ("beta_dtype", ("float32", "bfloat16", "float16")),
+            ("index_dtype", ("int32", "int64")),
+            ("gate_dtype", ("float32", "bfloat16", "float16")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name.replace('_', ' ')} must be {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+
+
+# The calls serving engines make, one profile each: `gdn-tune warmup --model` warms their union, so a
+# deployment's warm-up covers each path its engine may take. This is the one place to add a path: a
+# state layout ("kv"/"vk") or state dtype becomes a CallProfile field and a row here once the public
+# functions take it; a new public entry point (a fused-gating decode) becomes a call in
+# `_prefill_calls`/`_decode_calls`. Rows that launch the same variants cost nothing (they deduplicate).
+SERVING_CALLS: tuple[tuple[str, CallProfile], ...] = (
+    # vLLM: packed prompts from cached states, final states written back; decode in place in the cache.
+    ("vllm", CallProfile()),
+    # vLLM's prefill normalises q, k in its post-conv prep and calls the rule without in-kernel l2norm.
+    ("vllm-prenormalised", CallProfile(qk_l2norm=False)),
+    # A prompt with no cached state (a fresh request), final state kept.
+    ("fresh-prompt", CallProfile(initial_state=False)),
+    # No state in or out (scoring, embedding): FLA's defaults.
+    ("stateless", CallProfile(initial_state=False, output_final_state=False)),
+    # SGLang and FLA callers: int64 cu_seqlens and slot indices (torch's default integer dtype).
+    ("int64-indices", CallProfile(index_dtype="int64")),
+    # Gates in the model's dtype: vLLM's fused_gdn_gating gives beta in b's dtype; a bf16 g is cast.
+    ("bf16-gates", CallProfile(beta_dtype="bfloat16", gate_dtype="bfloat16")),
+    # Decode of a batch [N, 1] returning a new final state (FLA's fused_recurrent call, no cache).
+    ("batch-decode", CallProfile(decode_state_cache=False, decode_varlen=False)),
+)
 
 
 @dataclass(frozen=True)
@@ -162,12 +206,17 @@ def _runtime_arg(value: Any, kind: str) -> bool:
 class WarmupPlan:
     target: str  # what the tables resolved as: "sm90 (NVIDIA_H200)"
     capability: int  # 90: what the workers compile for
-    profile: CallProfile
+    profiles: list[CallProfile]  # the calls planned, each over every workload
     workloads: list[str]
     keys: list[PlannedKey]
     variants: list[Variant]
     calls: int  # public calls recorded
     plan_seconds: float
+
+    @property
+    def profile(self) -> CallProfile:
+        """The first call profile (the only one unless `--model` planned the serving calls)."""
+        return self.profiles[0]
 
     @property
     def unreached(self) -> list[PlannedKey]:
@@ -178,6 +227,7 @@ class WarmupPlan:
             "target": self.target,
             "capability": self.capability,
             "profile": self.profile.as_dict(),
+            "profiles": [p.as_dict() for p in self.profiles],
             "workloads": self.workloads,
             "keys": [k.as_dict() for k in self.keys],
             "variants": [v.as_dict() | {"label": v.label} for v in self.variants],
@@ -196,6 +246,7 @@ class VariantResult:
     error: str | None = None
     # Triton's C launcher for the kernel's signature: "built" (or found) in the cache, or why not.
     launcher: str = ""
+    c_modules: int = 0  # C module files (launcher, driver utilities) found for a bundle
 
 
 @dataclass
@@ -204,6 +255,7 @@ class WarmupResult:
     jobs: int
     wall_seconds: float
     results: list[VariantResult] = field(default_factory=list)
+    bundle: dict[str, Any] | None = None  # the manifest of the bundle written, if one was
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -227,6 +279,7 @@ class WarmupResult:
             "counts": self.counts(),
             "launchers_missing": self.launchers_missing(),
             "compile_seconds": round(sum(r.seconds for r in self.results), 3),
+            "bundle": self.bundle,
             "results": [asdict(r) for r in self.results],
         }
 
@@ -250,7 +303,12 @@ def counts_in_bucket(count: int, bucket: Callable[[int], int], lowest: int) -> l
     return sorted(chosen)
 
 
-def _prefill_calls(workload: Workload, tokens: int, profile: CallProfile) -> list[Callable[[], Any]]:
+# A planned call: the CallProfile fields it reads (two profiles that agree on them make the same call,
+# which is planned once) and the call itself.
+PlannedCall = tuple[tuple[str, ...], Callable[[], Any]]
+
+
+def _prefill_calls(workload: Workload, tokens: int, profile: CallProfile) -> list[PlannedCall]:
     """The prefill calls of one layer at `tokens`, on meta tensors: gates, fused prep, chunked rule."""
     import torch
 
@@ -264,7 +322,7 @@ def _prefill_calls(workload: Workload, tokens: int, profile: CallProfile) -> lis
     empty = lambda *shape, dt=dtype: torch.empty(*shape, dtype=dt, device=meta)
     if profile.varlen:
         batch, length = 1, tokens
-        cu_seqlens = empty(sequences + 1, dt=torch.int32)
+        cu_seqlens = empty(sequences + 1, dt=getattr(torch, profile.index_dtype))
     else:
         batch, length = sequences, -(-tokens // sequences)
         cu_seqlens = None
@@ -273,27 +331,39 @@ def _prefill_calls(workload: Workload, tokens: int, profile: CallProfile) -> lis
     mixed_qkv = empty(tokens, 2 * H * K + HV * V)
     q, k = empty(batch, length, H, K), empty(batch, length, H, K)
     v = empty(batch, length, HV, V)
-    g = empty(batch, length, HV, dt=f32)
+    g = empty(batch, length, HV, dt=getattr(torch, profile.gate_dtype))
     beta = empty(batch, length, HV, dt=getattr(torch, profile.beta_dtype))
     initial_state = empty(sequences, HV, K, V, dt=f32) if profile.initial_state else None
+    rule_reads = (
+        "varlen",
+        "index_dtype",
+        "gate_dtype",
+        "beta_dtype",
+        "initial_state",
+        "output_final_state",
+        "qk_l2norm",
+    )
     return [
-        lambda: gdn_kernels.fused_gdn_gating(A_log, a, b, dt_bias),
-        lambda: gdn_kernels.gdn_prefill_prep(mixed_qkv, a, b, A_log, dt_bias, H, HV, K, V),
-        lambda: gdn_kernels.chunk_gated_delta_rule(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            initial_state=initial_state,
-            output_final_state=profile.output_final_state,
-            cu_seqlens=cu_seqlens,
-            use_qk_l2norm_in_kernel=profile.qk_l2norm,
+        ((), lambda: gdn_kernels.fused_gdn_gating(A_log, a, b, dt_bias)),
+        ((), lambda: gdn_kernels.gdn_prefill_prep(mixed_qkv, a, b, A_log, dt_bias, H, HV, K, V)),
+        (
+            rule_reads,
+            lambda: gdn_kernels.chunk_gated_delta_rule(
+                q,
+                k,
+                v,
+                g,
+                beta,
+                initial_state=initial_state,
+                output_final_state=profile.output_final_state,
+                cu_seqlens=cu_seqlens,
+                use_qk_l2norm_in_kernel=profile.qk_l2norm,
+            ),
         ),
     ]
 
 
-def _decode_calls(workload: Workload, sequences: int, profile: CallProfile) -> list[Callable[[], Any]]:
+def _decode_calls(workload: Workload, sequences: int, profile: CallProfile) -> list[PlannedCall]:
     """One decode step of `sequences` sequences (one token each), on meta tensors: gates, recurrence."""
     import torch
 
@@ -304,32 +374,46 @@ def _decode_calls(workload: Workload, sequences: int, profile: CallProfile) -> l
     f32 = torch.float32
     H, HV, K, V = workload.H, workload.HV, workload.K, workload.V
     empty = lambda *shape, dt=dtype: torch.empty(*shape, dtype=dt, device=meta)
+    index = getattr(torch, profile.index_dtype)
     A_log, dt_bias = empty(HV, dt=f32), empty(HV, dt=f32)
     a, b = empty(sequences, HV), empty(sequences, HV)
-    q, k = empty(1, sequences, H, K), empty(1, sequences, H, K)
-    v = empty(1, sequences, HV, V)
-    g = empty(1, sequences, HV, dt=f32)
-    beta = empty(1, sequences, HV, dt=getattr(torch, profile.beta_dtype))
-    cu_seqlens = empty(sequences + 1, dt=torch.int32)
+    # [1, N] tokens with cu_seqlens (serving engines), or a batch of N sequences of one token.
+    batch, length = (1, sequences) if profile.decode_varlen else (sequences, 1)
+    q, k = empty(batch, length, H, K), empty(batch, length, H, K)
+    v = empty(batch, length, HV, V)
+    g = empty(batch, length, HV, dt=getattr(torch, profile.gate_dtype))
+    beta = empty(batch, length, HV, dt=getattr(torch, profile.beta_dtype))
+    cu_seqlens = empty(sequences + 1, dt=index) if profile.decode_varlen else None
     if profile.decode_state_cache:
         # A cache with more slots than running sequences, gathered and updated in place by slot index.
-        state, indices = empty(2 * sequences, HV, K, V, dt=f32), empty(sequences, dt=torch.int32)
+        state, indices = empty(2 * sequences, HV, K, V, dt=f32), empty(sequences, dt=index)
     else:
         state, indices = empty(sequences, HV, K, V, dt=f32), None
+    recurrence_reads = (
+        "decode_varlen",
+        "decode_state_cache",
+        "index_dtype",
+        "gate_dtype",
+        "beta_dtype",
+        "qk_l2norm",
+    )
     return [
-        lambda: gdn_kernels.fused_gdn_gating(A_log, a, b, dt_bias),
-        lambda: gdn_kernels.fused_recurrent_gated_delta_rule(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            initial_state=state,
-            output_final_state=True,
-            cu_seqlens=cu_seqlens,
-            use_qk_l2norm_in_kernel=profile.qk_l2norm,
-            ssm_state_indices=indices,
-            inplace_final_state=profile.decode_state_cache,
+        ((), lambda: gdn_kernels.fused_gdn_gating(A_log, a, b, dt_bias)),
+        (
+            recurrence_reads,
+            lambda: gdn_kernels.fused_recurrent_gated_delta_rule(
+                q,
+                k,
+                v,
+                g,
+                beta,
+                initial_state=state,
+                output_final_state=True,
+                cu_seqlens=cu_seqlens,
+                use_qk_l2norm_in_kernel=profile.qk_l2norm,
+                ssm_state_indices=indices,
+                inplace_final_state=profile.decode_state_cache,
+            ),
         ),
     ]
 
@@ -449,9 +533,10 @@ def plan_warmup(
     capability: int,
     target: str,
     kernels: Sequence[str] | None = None,
-    profile: CallProfile = CallProfile(),
+    profile: CallProfile | Sequence[CallProfile] = CallProfile(),
 ) -> WarmupPlan:
-    """Every variant the profile's calls of `workloads` launch on a GPU at `place` (see the module doc).
+    """Every variant the calls of `workloads`, made as `profile` (or each of several profiles) says,
+    launch on a GPU at `place` (see the module doc).
 
     Refuses under TRITON_INTERPRET=1: the kernels would then take their interpreter paths (constexpr
     INTERPRETED flags) and record variants no GPU ever runs.
@@ -462,15 +547,16 @@ def plan_warmup(
     from gdn_kernels._launch import recording
 
     specs = select_specs(kernels)
-    if profile.beta_dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"beta dtype must be float32, bfloat16 or float16, got {profile.beta_dtype!r}")
+    profiles = [profile] if isinstance(profile, CallProfile) else list(dict.fromkeys(profile))
+    for each in profiles:
+        each.check()
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("warmup plans compiled GPU launches; unset TRITON_INTERPRET (it is 1 here)")
     started = time.monotonic()
     workloads = list(dict.fromkeys(workloads))
     kernel_names = {id(fn): name for name, spec in specs.items() for fn in spec.jit_functions}
     variants: dict[tuple, Variant] = {}
-    calls = 0
+    made: set[tuple] = set()  # (workload, count, call, the profile fields it reads): made once
     with _resolving_meta_as(place):
         for workload in workloads:
             if not any(workload.phase in spec.phases for spec in specs.values()):
@@ -482,14 +568,18 @@ def plan_warmup(
                 counts = counts_in_bucket(workload.tokens, token_bucket, 1)
                 make_calls = _prefill_calls
             for count in counts:
-                for call in make_calls(workload, count, profile):
-                    with recording() as records:
-                        call()
-                    calls += 1
-                    for record in records:
-                        variant = _variant_of(record, kernel_names)
-                        if variant is not None:
-                            variants.setdefault(_specialisation(variant), variant)
+                for each in profiles:
+                    for i, (reads, call) in enumerate(make_calls(workload, count, each)):
+                        made_as = (workload, count, i, tuple(getattr(each, f) for f in reads))
+                        if made_as in made:
+                            continue
+                        made.add(made_as)
+                        with recording() as records:
+                            call()
+                        for record in records:
+                            variant = _variant_of(record, kernel_names)
+                            if variant is not None:
+                                variants.setdefault(_specialisation(variant), variant)
         resolved = {
             (r.kernel, r.key): r for r in _tables.resolution_report() if torch.device(r.device).type == "meta"
         }
@@ -512,11 +602,11 @@ def plan_warmup(
     return WarmupPlan(
         target=target,
         capability=capability,
-        profile=profile,
+        profiles=profiles,
         workloads=[w.label for w in workloads],
         keys=keys,
         variants=list(variants.values()),
-        calls=calls,
+        calls=len(made),
         plan_seconds=time.monotonic() - started,
     )
 
@@ -550,15 +640,16 @@ def describe_launch(record: Any, kernel: str) -> Variant:
     return Variant(kernel, jit.fn.__module__, jit.fn.__name__, args, record.num_warps, record.num_stages)
 
 
-def compile_variant(variant: Variant, capability: int) -> VariantResult:
+def compile_variant(variant: Variant, capability: int, bundle: str | None = None) -> VariantResult:
     """Compile one variant for `capability` as a launch would (`compile_for_target`: the kernel's JIT
-    warmup under a compile-only driver); Triton's listener says if it was cached."""
+    warmup under a compile-only driver); Triton's listener says if it was cached. With `bundle`, the
+    binary and its C launcher are also copied into that bundle folder (`gdn_kernels._warm`)."""
     import importlib
 
     import triton
 
     from gdn_kernels._launch import LaunchRecord, compile_for_target
-    from gdn_kernels._warm import remember
+    from gdn_kernels._warm import add_to_bundle, remember
 
     seen: list[bool] = []
     triton.knobs.compilation.listener = lambda **kw: seen.append(bool(kw["cache_hit"]))
@@ -578,36 +669,59 @@ def compile_variant(variant: Variant, capability: int) -> VariantResult:
     # is in the cache all the same; only the shortcut to it is lost.
     with contextlib.suppress(OSError):
         remember(kernel, compiled)
-    launcher = build_launcher(compiled)
+    launcher, modules = build_launcher(compiled)
+    if bundle is not None:
+        from pathlib import Path
+
+        try:
+            add_to_bundle(Path(bundle), kernel, compiled, modules)
+        except OSError as e:  # the variant is in the cache; the bundle lacks it and says so
+            error = f"not bundled: {type(e).__name__}: {e}"
+            return VariantResult(
+                variant.label, variant.kernel, "failed", time.monotonic() - started, error=error
+            )
     seconds = time.monotonic() - started
     return VariantResult(
-        variant.label, variant.kernel, status, seconds, int(compiled.metadata.shared), launcher=launcher
+        variant.label,
+        variant.kernel,
+        status,
+        seconds,
+        int(compiled.metadata.shared),
+        launcher=launcher,
+        c_modules=len(modules),
     )
 
 
-def build_launcher(compiled: Any) -> str:
+def build_launcher(compiled: Any) -> tuple[str, list[Any]]:
     """Build, into Triton's cache, the C launcher Triton makes at a kernel's first launch in a process
     (one C compile per argument signature, about 0.3 s each, which the compile itself does not do), and
-    the driver's own C utilities, built at a process's first CUDA use. Returns "built", or why not: both
-    link against libcuda, which a machine without the GPU's driver lacks; its first launches then build
-    them, as they would without warmup."""
+    the driver's own C utilities, built at a process's first CUDA use. Returns "built" and the two
+    modules' files, or why not and no file: both link against libcuda, which a machine without the
+    GPU's driver lacks; its first launches then build them, as they would without warmup."""
+    from pathlib import Path
+
     try:
         from triton.backends.nvidia.driver import CudaLauncher, CudaUtils
 
-        CudaUtils()  # one per process: cached, so the second call costs a file lookup
-        CudaLauncher(compiled.src, compiled.metadata)
+        utils = CudaUtils()  # one per process: cached, so the second call costs a file lookup
+        launcher = CudaLauncher(compiled.src, compiled.metadata)
     except Exception as e:
-        return f"not built: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-    return "built"
+        return f"not built: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "), []
+    # A C extension's functions hold their module as __self__; its file is where Triton's cache keeps it.
+    modules = [
+        getattr(getattr(f, "__self__", None), "__file__", None) for f in (utils.load_binary, launcher.launch)
+    ]
+    return "built", [Path(m) for m in modules if m]
 
 
-def _worker_main(capability: int) -> None:
-    """`python -m gdn_tune.warmup --worker CC`: compile the variants read from stdin, one JSON per line."""
+def _worker_main(capability: int, bundle: str | None = None) -> None:
+    """`python -m gdn_tune.warmup --worker CC [--bundle DIR]`: compile the variants read from stdin, one
+    JSON per line."""
     out = sys.stdout
     for line in sys.stdin:
         if not line.strip():
             continue
-        result = compile_variant(Variant.from_dict(json.loads(line)), capability)
+        result = compile_variant(Variant.from_dict(json.loads(line)), capability, bundle)
         out.write(RESULT_PREFIX + json.dumps(asdict(result)) + "\n")
         out.flush()
 
@@ -629,9 +743,10 @@ def triton_cache_dir(cache_dir: str | None) -> str:
 
 
 class _Worker:
-    def __init__(self, capability: int, env: dict[str, str]) -> None:
+    def __init__(self, capability: int, env: dict[str, str], bundle: str | None = None) -> None:
+        bundling = ["--bundle", str(bundle)] if bundle else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gdn_tune.warmup", "--worker", str(capability)],
+            [sys.executable, "-m", "gdn_tune.warmup", "--worker", str(capability), *bundling],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -668,9 +783,11 @@ def run_warmup(
     jobs: int | None = None,
     cache_dir: str | None = None,
     progress: Callable[[int, int, VariantResult], None] | None = None,
+    bundle: str | None = None,
 ) -> WarmupResult:
     """Compile every variant of `plan` into Triton's cache (`cache_dir`, else $TRITON_CACHE_DIR, else
-    Triton's default) with `jobs` worker processes (default: one per CPU core, at most one per variant).
+    Triton's default) with `jobs` worker processes (default: one per CPU core, at most one per variant),
+    and with `bundle` into that bundle folder too, closed by its manifest once every variant is done.
 
     The heaviest kernels go first so the last worker does not start the slowest compile alone. A
     worker that dies takes only its variant down (recorded failed) and is replaced.
@@ -686,7 +803,7 @@ def run_warmup(
     lock = threading.Lock()
 
     def serve() -> None:
-        worker = _Worker(plan.capability, env)
+        worker = _Worker(plan.capability, env, bundle)
         try:
             while True:
                 try:
@@ -700,7 +817,7 @@ def run_warmup(
                         variant.label, variant.kernel, "failed", 0.0, error=f"worker died (exit code {code})"
                     )
                     worker.close()
-                    worker = _Worker(plan.capability, env)
+                    worker = _Worker(plan.capability, env, bundle)
                 with lock:
                     results.append(result)
                     if progress is not None:
@@ -713,11 +830,21 @@ def run_warmup(
         thread.start()
     for thread in threads:
         thread.join()
-    return WarmupResult(triton_cache_dir(cache_dir), jobs, time.monotonic() - started, results)
+    manifest = None
+    if bundle is not None:
+        from pathlib import Path
+
+        from gdn_kernels._warm import MODULES, write_bundle_manifest
+
+        done = [r for r in results if r.status != "failed"]
+        manifest = write_bundle_manifest(
+            Path(bundle), plan.capability, len(done), len(list((Path(bundle) / MODULES).glob("*/*")))
+        )
+    return WarmupResult(triton_cache_dir(cache_dir), jobs, time.monotonic() - started, results, manifest)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        _worker_main(int(sys.argv[2]))
+    if len(sys.argv) in (3, 5) and sys.argv[1] == "--worker" and sys.argv[3:4] in ([], ["--bundle"]):
+        _worker_main(int(sys.argv[2]), sys.argv[4] if len(sys.argv) == 5 else None)
     else:
-        sys.exit("usage: python -m gdn_tune.warmup --worker CC (started by gdn-tune warmup)")
+        sys.exit("usage: python -m gdn_tune.warmup --worker CC [--bundle DIR] (started by gdn-tune warmup)")

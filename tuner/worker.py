@@ -212,10 +212,12 @@ class WorkerPool:
             name=f"gdn-tune-worker-{index}",
             daemon=True,
         )
-        # Under the interpreter a worker sees no GPU at all.
+        # Under the interpreter a worker sees no GPU at all. A sweep compiles every trial's config by
+        # design: a compile guard the shell exported for serving would fail each one.
         with child_environment(
             TRITON_INTERPRET="1" if self.interpret else None,
             CUDA_VISIBLE_DEVICES="" if self.interpret else self._gpu(index),
+            GDN_TUNE_COMPILE_GUARD=None,
         ):
             process.start()
         child_conn.close()
