@@ -10,7 +10,6 @@ import click
 
 from .cli import TargetType, json_option
 from .cli_sweep import db_option
-from .storage import Storage, StorageError
 
 
 @click.command()
@@ -25,6 +24,7 @@ from .storage import Storage, StorageError
 @json_option
 def summary(db_url: str, target: Any, out: Path, as_json: bool) -> None:
     """Write the sweep summary kept beside the tables: trials, failures by kind, time spent, per kernel."""
+    from .storage import Storage, StorageError
     from .summary import write_summary
 
     try:

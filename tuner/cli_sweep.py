@@ -15,7 +15,7 @@ import click
 from gdn_kernels import Workload
 
 from .cli import TargetType, json_option
-from .storage import DEFAULT_DB_URL, Storage, StorageError
+from .constants import DEFAULT_DB_URL, TRIAL_COLUMNS
 
 db_option = click.option(
     "--db",
@@ -193,7 +193,7 @@ def sweep(
     as they finish: the same command again continues a stopped sweep without measuring anything twice.
     The same command on other hosts, with the same PostgreSQL --db, joins the sweep and shares its work.
     """
-    from .storage import DEFAULT_CLAIM_GRACE_S
+    from .storage import DEFAULT_CLAIM_GRACE_S, StorageError
     from .sweep import GpuMismatchError, run_sweep
     from .worker import DEFAULT_TRIAL_TIMEOUT_S
 
@@ -280,6 +280,7 @@ def export(
 ) -> None:
     """Write the winners of the target's sweeps into its tables, merged with what is there."""
     from .export import export_tables
+    from .storage import StorageError
 
     try:
         result = export_tables(db_url, target, out_dir, dry_run, per_device, extra_specs)
@@ -303,6 +304,7 @@ def export(
 def status(db_url: str, as_json: bool) -> None:
     """Sweeps in the database and their progress."""
     from .results import sweep_rows
+    from .storage import Storage, StorageError
 
     try:
         rows = sweep_rows(Storage(db_url, must_exist=True))
@@ -331,8 +333,6 @@ def status(db_url: str, as_json: bool) -> None:
 
 
 def _trials_help() -> str:
-    from .results import TRIAL_COLUMNS
-
     columns = "\n".join(f"  {name}: {what}" for name, what in TRIAL_COLUMNS.items())
     return f"Every trial as a Parquet file (pyarrow), one row per trial.\n\nColumns:\n\n\b\n{columns}"
 
@@ -343,6 +343,7 @@ def _trials_help() -> str:
 @db_option
 def trials(path: str, sweep_id: int | None, db_url: str) -> None:
     from .results import write_trials_parquet
+    from .storage import Storage, StorageError
 
     try:
         count = write_trials_parquet(Storage(db_url, must_exist=True), path, sweep_id)
@@ -363,6 +364,7 @@ def trials(path: str, sweep_id: int | None, db_url: str) -> None:
 def report(target: Any, db_url: str, png: str | None, as_json: bool) -> None:
     """Per kernel and shape: the winner, its time, the default's, and the speedup over the default."""
     from .results import config_text, winners
+    from .storage import Storage, StorageError
 
     try:
         rows = winners(Storage(db_url, must_exist=True), target.name if target else None)

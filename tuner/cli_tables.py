@@ -12,7 +12,6 @@ import click
 
 from gdn_kernels._targets import ARCHS
 from gdn_tune.presets import UnknownPresetError
-from gdn_tune.tables import check_tables, diff_tables, show_tables
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 config_dir_option = click.option(
@@ -57,6 +56,8 @@ def check(
 ) -> None:
     """Validate the tables, compile every entry for its arch and check it fits shared memory (no GPU
     needed), report stale tables (made for another version of a kernel) and a preset's coverage."""
+    from gdn_tune.tables import check_tables  # imports torch and triton: only for the command itself
+
     try:
         report = check_tables(
             config_dir,
@@ -91,6 +92,8 @@ def check(
 @json_option
 def show(arch: str | None, kernel: str | None, config_dir: Path | None, as_json: bool) -> None:
     """The entries of the tables: key, config, time and speedup over the kernel's default config."""
+    from gdn_tune.tables import show_tables
+
     try:
         rows, problems = show_tables(config_dir, arch=arch, kernel=kernel)
     except ValueError as e:
@@ -119,6 +122,8 @@ def show(arch: str | None, kernel: str | None, config_dir: Path | None, as_json:
 def diff(dir_a: Path, dir_b: Path, as_json: bool) -> None:
     """What changed from the tables in DIR_A to those in DIR_B: added, removed, changed and retimed
     entries, with the speedup over the default on each side."""
+    from gdn_tune.tables import diff_tables
+
     try:
         result = diff_tables(dir_a, dir_b)
     except ValueError as e:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from gdn_kernels import Config, Key
 
+from .constants import TRIAL_COLUMNS
 from .storage import (
     ProblemModel,
     Storage,
@@ -160,35 +161,6 @@ def sweep_rows(storage: Storage) -> list[dict[str, Any]]:
         }
         for s in sweeps
     ]
-
-
-# Columns of `gdn-tune trials --parquet`, in order, with what each holds (the command's help and
-# docs/sweep.md list them from here).
-TRIAL_COLUMNS: dict[str, str] = {
-    "sweep_id": "id of the sweep (gdn-tune status)",
-    "target": "GPU target swept (h200, b200, ...)",
-    "gpu_name": "name of the GPU that ran the trial",
-    "interpret": "true when run under the Triton interpreter (times are CPU wall clock)",
-    "kernel": "kernel name",
-    "kernel_hash": "hash of the kernel's source and search space",
-    "key": "lookup key, JSON object in the kernel's field order",
-    "config": "config, JSON object sorted by parameter",
-    "is_default": "the config is the kernel's default",
-    "is_winner": "the config won its problem",
-    "status": "ok, infeasible, wrong, crashed or timeout",
-    "median_ms": "median time per launch, ms (ok trials)",
-    "min_ms": "fastest repetition, ms",
-    "max_ms": "slowest repetition, ms",
-    "spread_ms": "interquartile range of the repetitions, ms",
-    "repetitions": "timed repetitions",
-    "retimed_ms": "median of the interleaved re-timing before the pick, ms (top candidates and default)",
-    "rel_error": "worst relative L2 error against the float64 reference",
-    "compile_seconds": "time to compile for the target before any launch, s",
-    "shared_bytes": "shared memory the compiled kernel needs, bytes",
-    "error": "why it failed (compile error, reference mismatch, signal, timeout)",
-    "finished_at": "when the trial was committed (UTC)",
-    "worker": "process and GPU that measured it, host:pid:tag/gpuN (cpuN under the interpreter)",
-}
 
 
 def trial_rows(storage: Storage, sweep_id: int | None = None) -> list[dict[str, Any]]:
