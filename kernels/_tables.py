@@ -40,6 +40,9 @@ TOP_LEVEL_FIELDS = ("schema", "kernel", "arch", "made_with", "entries")
 ENTRY_FIELDS = ("key", "config", "time_ms", "default_time_ms")
 # Provenance every table records; other made_with fields may be added (scalars only).
 MADE_WITH_FIELDS = ("gpu", "compute_capability", "triton", "torch", "cuda", "kernel_hash", "date")
+# Optional provenance the tuner writes: whether the times are the interpreter's CPU wall clock (a file
+# without it is read as made on the GPU it names), and the sweep that made the table.
+MADE_WITH_OPTIONAL = {"interpret": bool, "sweep_id": int}
 # Key fields that hold a count (heads, head dims, chunk size, token or sequence bucket): positive ints.
 COUNT_KEY_FIELDS = frozenset({"B", "H", "HV", "K", "V", "BT", "T", "N"})
 # Key fields that are buckets (powers of two); "nearest bucket" moves along these and keeps the rest.
@@ -233,6 +236,10 @@ def _check_made_with(raw: object, bad: _Collector) -> None:
                 bad(where, f"must be a version string or null, got {value!r}")
         elif name in MADE_WITH_FIELDS and not isinstance(value, str):
             bad(where, f"must be a string, got {value!r}")
+        elif name in MADE_WITH_OPTIONAL:
+            kind = MADE_WITH_OPTIONAL[name]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                bad(where, f"must be a {'boolean' if kind is bool else 'whole number'}, got {value!r}")
         elif not (value is None or isinstance(value, str | int | float)):
             bad(where, f"must be a string, number, boolean or null, got {_type_name(value)}")
         elif name == "gpu":

@@ -15,6 +15,16 @@ import torch
 from gdn_kernels._spec import Config, KernelSpec
 from gdn_kernels._targets import TARGETS
 
+# made_with of tables the tests write: an H200's, as the shipped sm90 tables record it.
+MADE_WITH = {
+    "gpu": "NVIDIA H200",
+    "compute_capability": "9.0",
+    "triton": "3.6.0",
+    "torch": "2.13.0",
+    "cuda": "12.8",
+    "date": "2026-01-31",
+}
+
 
 def cu_seqlens_of(lengths: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
     """int32 [N + 1] start offsets of sequences of `lengths` packed along T, then the total."""

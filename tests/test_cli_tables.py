@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from _helpers import MADE_WITH
 from click.testing import CliRunner
 
 from gdn_kernels._spec import Config
@@ -13,15 +14,6 @@ from gdn_kernels._tables import TableEntry
 from gdn_kernels.gating import SPEC as GATING
 from gdn_tune.cli import main
 from gdn_tune.tables import write_table
-
-MADE_WITH = {
-    "gpu": "NVIDIA H200",
-    "compute_capability": "9.0",
-    "triton": "3.6.0",
-    "torch": "2.13.0",
-    "cuda": "12.8",
-    "date": "2026-01-31",
-}
 
 
 def gating_entry(T: int, block: int, warps: int, time_ms: float = 0.01, HV: int = 2) -> TableEntry:

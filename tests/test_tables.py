@@ -15,6 +15,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from _helpers import MADE_WITH
 
 from gdn_kernels import _tables
 from gdn_kernels._launch import launch
@@ -51,14 +52,6 @@ from gdn_tune.tables import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-MADE_WITH = {
-    "gpu": "NVIDIA H200",
-    "compute_capability": "9.0",
-    "triton": "3.6.0",
-    "torch": "2.13.0",
-    "cuda": "12.8",
-    "date": "2026-01-31",
-}
 CPU = torch.device("cpu")
 
 
@@ -228,6 +221,8 @@ FILE_CASES = [
     ("path-like-gpu-name", lambda d: d["made_with"].update(gpu="../../etc") or d, "made_with.gpu"),
     ("missing-kernel-hash", lambda d: d["made_with"].pop("kernel_hash") and d, "made_with.kernel_hash"),
     ("missing-made-with", lambda d: d.pop("made_with") and d, "made_with"),
+    ("interpret-not-boolean", lambda d: d["made_with"].update(interpret="no") or d, "made_with.interpret"),
+    ("sweep-id-not-a-number", lambda d: d["made_with"].update(sweep_id="1") or d, "made_with.sweep_id"),
 ]
 
 

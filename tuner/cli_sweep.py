@@ -267,6 +267,20 @@ def sweep(
 )
 @click.option("--dry-run", is_flag=True, help="Print the diff of what would change; write nothing.")
 @click.option("--per-device", is_flag=True, help="Write into the GPU's own folder (sm90/NVIDIA_H200/).")
+@click.option(
+    "--sweep",
+    "sweep_ids",
+    type=int,
+    multiple=True,
+    metavar="ID",
+    help="Export only this sweep's winners (repeatable; gdn-tune status lists them). Default: every sweep.",
+)
+@click.option(
+    "--allow-interpreter-timings",
+    is_flag=True,
+    help="Also write winners of --interpret sweeps, whose times are CPU wall clock, not GPU timings. "
+    "For pipeline checks only: such tables must never ship (gdn-tune check refuses them).",
+)
 @extra_specs_option
 @json_option
 def export(
@@ -275,15 +289,34 @@ def export(
     out_dir: Path,
     dry_run: bool,
     per_device: bool,
+    sweep_ids: tuple[int, ...],
+    allow_interpreter_timings: bool,
     extra_specs: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Write the winners of the target's sweeps into its tables, merged with what is there."""
-    from .export import export_tables
+    """Write the winners of the target's sweeps into its tables, merged with what is there.
+
+    A table records the one GPU its entries were measured on: winners of interpreter sweeps are left
+    out unless --allow-interpreter-timings, and an export that would mix two GPUs (or a GPU and the
+    interpreter) in one file is refused before anything is written.
+    """
+    from .export import ExportRefused, export_tables
+    from .results import UnknownSweepError
     from .storage import StorageError
 
     try:
-        result = export_tables(db_url, target, out_dir, dry_run, per_device, extra_specs)
+        result = export_tables(
+            db_url,
+            target,
+            out_dir,
+            dry_run,
+            per_device,
+            extra_specs,
+            allow_interpreter_timings=allow_interpreter_timings,
+            sweep_ids=sweep_ids,
+        )
+    except (ExportRefused, UnknownSweepError) as e:
+        raise click.UsageError(str(e)) from None
     except (ValueError, StorageError) as e:
         raise click.ClickException(str(e)) from e
     if as_json:

@@ -50,12 +50,24 @@ def _label(mapping: dict[str, Any] | None) -> str:
 @click.option("--preset", default=None, help="Report how many of this preset's keys have an exact entry.")
 @click.option("--strict", is_flag=True, help="Exit non-zero on any problem (CI and releases).")
 @click.option("--no-compile", is_flag=True, help="Skip compiling entries for their target (faster).")
+@click.option(
+    "--allow-interpreter-timings",
+    is_flag=True,
+    help="Accept tables timed under the Triton interpreter (CPU wall clock), as pipeline tests write them.",
+)
 @json_option
 def check(
-    arch: str, config_dir: Path | None, preset: str | None, strict: bool, no_compile: bool, as_json: bool
+    arch: str,
+    config_dir: Path | None,
+    preset: str | None,
+    strict: bool,
+    no_compile: bool,
+    allow_interpreter_timings: bool,
+    as_json: bool,
 ) -> None:
     """Validate the tables, compile every entry for its arch and check it fits shared memory (no GPU
-    needed), report stale tables (made for another version of a kernel) and a preset's coverage."""
+    needed), check each table's provenance (GPU timings of its arch, recorded), report stale tables
+    (made for another version of a kernel) and a preset's coverage."""
     from gdn_tune.tables import check_tables  # imports torch and triton: only for the command itself
 
     try:
@@ -64,6 +76,7 @@ def check(
             archs=None if arch == "all" else [arch],
             preset=preset,
             compile_entries=not no_compile,
+            allow_interpreter_timings=allow_interpreter_timings,
         )
     except (ValueError, UnknownPresetError) as e:
         raise click.ClickException(str(e)) from None

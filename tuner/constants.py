@@ -6,6 +6,10 @@ from __future__ import annotations
 
 DEFAULT_DB_URL = "sqlite:///gdn_tune.db"
 
+# What a sweep under the interpreter records as its GPU: a valid device name (tables check it), and
+# how a table's made_with tells CPU wall-clock times from GPU timings when it has no `interpret` field.
+INTERPRETER_GPU_NAME = "TRITON_INTERPRET CPU"
+
 # Columns of `gdn-tune trials --parquet`, in order, with what each holds (the command's help and
 # docs/sweep.md list them from here).
 TRIAL_COLUMNS: dict[str, str] = {

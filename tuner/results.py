@@ -28,6 +28,10 @@ from .storage import (
 )
 
 
+class UnknownSweepError(ValueError):
+    """A sweep id given on the command line names no sweep (of the target) in the database."""
+
+
 @dataclass(frozen=True)
 class WinnerRow:
     """The winner of one problem, with the sweep that found it."""

@@ -34,6 +34,7 @@ from gdn_kernels._tables import BUCKET_FIELDS
 from gdn_kernels._targets import TARGETS, target_for_device
 
 from .compile_pool import CompileJob, compile_all
+from .constants import INTERPRETER_GPU_NAME
 from .measure import charged
 from .presets import preset_by_name
 from .specs import available_specs, extra_spec_paths
@@ -69,8 +70,6 @@ TOP_CANDIDATES = 3
 # Replay budget of one trial on the GPU (see measure.CUDA_BUDGET_MS); under the interpreter the
 # repetition count is fixed instead.
 TRIAL_BUDGET_MS = 100.0
-# What a sweep under the interpreter records as its GPU: a valid device name (tables check it).
-INTERPRETER_GPU_NAME = "TRITON_INTERPRET CPU"
 
 
 class GpuMismatchError(ValueError):
