@@ -10,57 +10,22 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _helpers import MADE_WITH
+from _helpers import INTERPRETER, KEY, MADE_WITH, OTHER_KEY, record_sweep
 from click.testing import CliRunner
 
-from gdn_kernels import Config, kernel_specs, target_by_name
+from gdn_kernels import kernel_specs, target_by_name
 from gdn_kernels._tables import TableEntry, load_table
 from gdn_tune.cli import main
 from gdn_tune.export import export_tables
-from gdn_tune.storage import Measurement, Storage, SweepStatus, TrialStatus
+from gdn_tune.storage import Storage
 from gdn_tune.tables import MixedProvenanceError, merge_into_table, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 GATING = kernel_specs()["gdn_gating"]
-KEY = GATING.key(dtype="bfloat16", HV=2, T=128)
-OTHER_KEY = GATING.key(dtype="bfloat16", HV=2, T=64)
-INTERPRETER = "TRITON_INTERPRET CPU"
 
 
 def invoke(*args: str):
     return CliRunner().invoke(main, list(args))
-
-
-def record_sweep(
-    storage: Storage,
-    fingerprint: str,
-    gpu_name: str,
-    key=KEY,
-    kernel_hash: str | None = None,
-    block: int = 256,
-    time_ms: float = 0.01,
-) -> None:
-    """A finished sweep of gdn_gating with one winner on `gpu_name` (INTERPRETER: an --interpret sweep)."""
-    interpret = gpu_name == INTERPRETER
-    sweep, _ = storage.open_sweep(
-        fingerprint,
-        target="h200",
-        gpu_name=gpu_name,
-        compute_capability="9.0",
-        triton_version="3.6.0",
-        torch_version="2.13.0",
-        cuda_version=None if interpret else "12.8",
-        interpret=interpret,
-        strategy="grid",
-        command="test",
-    )
-    problem = storage.ensure_problem(
-        sweep.id, "gdn_gating", key, kernel_hash or GATING.source_hash(), GATING.default
-    )
-    config = Config.of(BLOCK=block, num_warps=4, num_stages=1)
-    trial = storage.record_trial(problem.id, config, Measurement(TrialStatus.OK, median_ms=time_ms))
-    storage.set_winner(problem.id, trial.id, time_ms, 2 * time_ms)
-    storage.close_sweep(sweep.id, SweepStatus.FINISHED)
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from gdn_kernels._files import FileWriteError
+
 from .cli import TargetType, json_option
 from .cli_sweep import db_option
 
@@ -29,7 +31,7 @@ def summary(db_url: str, target: Any, out: Path, as_json: bool) -> None:
 
     try:
         data = write_summary(Storage(db_url, must_exist=True), out, target.name if target else None)
-    except StorageError as e:
+    except (StorageError, FileWriteError) as e:
         raise click.ClickException(str(e)) from e
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from gdn_kernels import Workload
+from gdn_kernels._files import FileWriteError, replaced_atomically
 
 from .cli import TargetType, json_option
 from .constants import DEFAULT_DB_URL, TRIAL_COLUMNS
@@ -317,7 +318,7 @@ def export(
         )
     except (ExportRefused, UnknownSweepError) as e:
         raise click.UsageError(str(e)) from None
-    except (ValueError, StorageError) as e:
+    except (ValueError, StorageError, FileWriteError) as e:
         raise click.ClickException(str(e)) from e
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -380,7 +381,7 @@ def trials(path: str, sweep_id: int | None, db_url: str) -> None:
 
     try:
         count = write_trials_parquet(Storage(db_url, must_exist=True), path, sweep_id)
-    except StorageError as e:
+    except (StorageError, FileWriteError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"wrote {count} trials to {path}")
 
@@ -399,6 +400,7 @@ def report(target: Any, db_url: str, png: str | None, as_json: bool) -> None:
     from .results import config_text, winners
     from .storage import Storage, StorageError
 
+    pyplot = _pyplot() if png else None  # before any output: a missing matplotlib fails first
     try:
         rows = winners(Storage(db_url, must_exist=True), target.name if target else None)
     except StorageError as e:
@@ -407,12 +409,14 @@ def report(target: Any, db_url: str, png: str | None, as_json: bool) -> None:
     for row in rows:  # a later sweep of the same target, kernel and key replaces the earlier one
         latest[(row.target, row.kernel, row.key)] = row
     rows = list(latest.values())
+    # Key and config as objects, as `gdn-tune show --json` gives them.
     table = [
         {
             "target": r.target,
+            "gpu_name": r.gpu_name,
             "kernel": r.kernel,
-            "key": r.key.label,
-            "config": config_text(r.config),
+            "key": r.key.as_dict(),
+            "config": r.config.as_dict(),
             "time_ms": r.time_ms,
             "default_time_ms": r.default_time_ms,
             "speedup": r.speedup,
@@ -421,6 +425,12 @@ def report(target: Any, db_url: str, png: str | None, as_json: bool) -> None:
         }
         for r in rows
     ]
+    if pyplot is not None and png is not None:
+        # Written before the table is printed, so an unwritable path fails with nothing printed.
+        try:
+            _plot_speedups(pyplot, table, Path(png))
+        except FileWriteError as e:
+            raise click.ClickException(str(e)) from e
     if as_json:
         click.echo(json.dumps(table, indent=2))
     elif not table:
@@ -429,20 +439,20 @@ def report(target: Any, db_url: str, png: str | None, as_json: bool) -> None:
         click.echo(
             f"{'target':<8} {'kernel':<22} {'time ms':>10} {'default':>10} {'speedup':>8}  key / config"
         )
-        for r in table:
+        for row, r in zip(rows, table, strict=True):
             default = f"{r['default_time_ms']:.4g}" if r["default_time_ms"] is not None else "-"
             speedup = f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-"
             click.echo(
                 f"{r['target']:<8} {r['kernel']:<22} {r['time_ms']:>10.4g} {default:>10} {speedup:>8}  "
-                f"{r['key']} / {r['config']}"
+                f"{row.key.label} / {config_text(row.config)}"
             )
         if any(r["interpret"] for r in table):
             click.echo("(interpreter sweeps: times are CPU wall clock, not GPU timings)")
     if png:
-        _plot_speedups(table, png)
+        click.echo(f"wrote {png}", err=as_json)  # on stderr with --json, which keeps stdout JSON
 
 
-def _plot_speedups(table: list[dict[str, Any]], path: str) -> None:
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -452,14 +462,24 @@ def _plot_speedups(table: list[dict[str, Any]], path: str) -> None:
         raise click.ClickException(
             "--png needs matplotlib, which gdn-tune does not depend on: pip install matplotlib"
         ) from None
+    return plt
+
+
+def _plot_speedups(plt: Any, table: list[dict[str, Any]], path: Path) -> None:
+    """One bar per winner: its speedup over the default config; the line at 1× is the default."""
     rows = [r for r in table if r["speedup"] is not None]
     fig, ax = plt.subplots(figsize=(10, max(2.0, 0.25 * len(rows) + 1)))
-    ax.barh([f"{r['kernel']} {r['key']}" for r in rows], [r["speedup"] for r in rows])
+    labels = [f"{r['kernel']} " + "-".join(f"{k}={v}" for k, v in r["key"].items()) for r in rows]
+    ax.barh(labels, [r["speedup"] for r in rows])
     ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xlabel("speedup of the winner over the default config")
+    measured = sorted({f"{r['target']} ({r['gpu_name']})" for r in table})
+    timing = ", CPU wall clock of the interpreter" if any(r["interpret"] for r in table) else ""
+    ax.set_title(f"gdn-tune report: {', '.join(measured) or 'no winners'}{timing}")
+    ax.set_xlabel("speedup over the default config (× = default's time / winner's time, each re-timed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    click.echo(f"wrote {path}")
+    with replaced_atomically(path) as temp:
+        fig.savefig(temp, dpi=120, format="png")  # the temporary name has no .png to go by
+    plt.close(fig)
 
 
 def _seconds_line(seconds: dict[str, float]) -> str:

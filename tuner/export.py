@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gdn_kernels import GpuTarget, KernelSpec, Key
-from gdn_kernels._files import write_text_atomically
+from gdn_kernels._files import make_folder, write_text_atomically
 from gdn_kernels._tables import TableEntry
 
 from .results import UnknownSweepError, WinnerRow, winners
@@ -228,7 +228,10 @@ def export_tables(
         new_text = table_text(target.arch, plan.spec, merge_entries(kept, plan.entries), plan.made_with)
         planned.append((plan, path, old_text, new_text))
         result.dropped += [str(p) for p in problems]
-    # Every refusal is raised above, before the first file is written.
+    # Every refusal is raised above, and every folder made here, before the first file is written.
+    for _, path, old_text, new_text in planned:
+        if not dry_run and new_text != old_text:
+            make_folder(path)
     for plan, path, old_text, new_text in planned:
         if not dry_run and new_text != old_text:
             write_text_atomically(path, new_text)

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from gdn_kernels import Config, Key
+from gdn_kernels._files import replaced_atomically
 
 from .constants import TRIAL_COLUMNS
 from .storage import (
@@ -209,8 +211,9 @@ def trial_rows(storage: Storage, sweep_id: int | None = None) -> list[dict[str, 
         ]
 
 
-def write_trials_parquet(storage: Storage, path: str, sweep_id: int | None = None) -> int:
-    """Every trial as a Parquet file with the TRIAL_COLUMNS; returns the number of rows."""
+def write_trials_parquet(storage: Storage, path: str | Path, sweep_id: int | None = None) -> int:
+    """Every trial as a Parquet file with the TRIAL_COLUMNS; returns the number of rows. FileWriteError
+    names `path` when it cannot be written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -244,7 +247,8 @@ def write_trials_parquet(storage: Storage, path: str, sweep_id: int | None = Non
     )
     assert schema.names == list(TRIAL_COLUMNS), "TRIAL_COLUMNS and the Parquet schema must agree"
     table = pa.Table.from_pylist(rows, schema=schema)
-    pq.write_table(table, path)
+    with replaced_atomically(Path(path)) as temp:  # a failed write leaves no half-written file
+        pq.write_table(table, str(temp))
     return len(rows)
 
 

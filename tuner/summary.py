@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from gdn_kernels._files import write_text_atomically
+
 from .results import sweep_rows, trial_rows, winners
 from .storage import Storage, TrialStatus
 
@@ -180,10 +182,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def write_summary(storage: Storage, out: Path, target: str | None = None) -> dict[str, Any]:
-    """Write the summary page to `out` (atomically: a temp file, then a rename) and return its data."""
+    """Write the summary page to `out` (atomically: a temp file, then a rename) and return its data;
+    FileWriteError names `out` when it cannot be written."""
     summary = sweep_summary(storage, target)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(out.name + ".tmp")
-    temporary.write_text(summary_markdown(summary), encoding="utf-8")
-    temporary.replace(out)
+    write_text_atomically(out, summary_markdown(summary))
     return summary
