@@ -559,13 +559,15 @@ def _resolve(spec: KernelSpec, key: Key, device: torch.device) -> Resolution:
     if place.arch is None:
         if place.warn:
             _problem(f"{place.why_none}: every kernel runs its default config")
-        return Resolution(spec.name, device_label, key, spec.default, "default", reason=place.why_none)
+        return Resolution(
+            spec.name, device_label, key, spec.default_for(key), "default", reason=place.why_none
+        )
     tables = _tables_for(spec, place)
     found = _resolve_from_tables(spec, key, tables, device_label)
     if found is not None:
         return found
     reason = f"no table for {spec.name} on {place.arch}" if not tables else "no entry of this shape"
-    return Resolution(spec.name, device_label, key, spec.default, "default", reason=reason)
+    return Resolution(spec.name, device_label, key, spec.default_for(key), "default", reason=reason)
 
 
 def resolve_config(spec: KernelSpec, key: Key, device: torch.device) -> Config:
@@ -593,7 +595,9 @@ def _resolve_and_cache(spec: KernelSpec, key: Key, device: torch.device) -> Conf
             if strict_mode():
                 raise TableError(f"resolving {spec.name} {key.label}: {e!r}") from e
             _problem(f"resolving {spec.name} {key.label} failed ({e!r}); using the default config")
-            resolution = Resolution(spec.name, str(device), key, spec.default, "default", reason=repr(e))
+            resolution = Resolution(
+                spec.name, str(device), key, spec.default_for(key), "default", reason=repr(e)
+            )
         _resolutions[cache_key] = resolution
         _resolved[cache_key] = resolution.config
         return resolution.config

@@ -178,6 +178,18 @@ def test_export_is_byte_identical_twice_merges_and_passes_check(smoke_db, tmp_pa
     assert check.exit_code == 0, check.output
 
 
+def test_a_default_its_space_rejects_at_the_shape_is_replaced_and_timed(tmp_path):
+    # The smoke shapes have K = V = 32, where chunk_wu's default (BK = BV = 64) is outside its space:
+    # it was recorded infeasible and report and summary showed no default time.
+    url = f"sqlite:///{tmp_path / 'wu.db'}"
+    _sweep_json(url, "--kernels", "chunk_wu")
+    rows = json.loads(_invoke(["report", "--db", url, "--json"]).output)
+    assert len(rows) == 1 and rows[0]["default_time_ms"] is not None and rows[0]["speedup"] is not None
+    summary = _invoke(["summary", "--db", url, "--json", "--out", str(tmp_path / "SWEEP.md")])
+    assert json.loads(summary.output)["kernels"]["chunk_wu"]["median_speedup"] is not None, summary.output
+    assert _rows(tmp_path / "wu.db", "SELECT COUNT(*) FROM tune_trials WHERE status != 'ok'") == [(0,)]
+
+
 def test_status_report_and_parquet_read_the_database(smoke_db, tmp_path):
     _, url, _ = smoke_db
     status = _invoke(["status", "--db", url, "--json"])

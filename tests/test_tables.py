@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from _helpers import MADE_WITH
 
-from gdn_kernels import _tables
+from gdn_kernels import Workload, _tables, kernel_specs
 from gdn_kernels._launch import launch
 from gdn_kernels._spec import (
     Config,
@@ -420,6 +420,27 @@ def test_cpu_device_without_arch_uses_defaults_silently(tmp_path, monkeypatch, c
     config, messages = resolve_quietly(ROWSUM, rowsum_key(64))
     assert (config, messages) == (ROWSUM.default, [])
     assert "cpu device" in report_for(rowsum_key(64)).reason
+
+
+@pytest.mark.parametrize("K", [16, 32, 64, 128, 256])
+def test_the_default_of_every_key_is_a_config_its_space_accepts(K):
+    # The defaults are chosen for K = V = 128; chunk_wu's and chunk_kkt_solve's BK 64 exceed pow2(K)
+    # at the smoke preset's K = V = 32, and at K = 16 no BK candidate is small enough.
+    for spec in kernel_specs().values():
+        for workload in (Workload(1, 2, K, K, tokens=100), Workload(1, 2, K, K, 3, 3, phase="decode")):
+            if workload.phase in spec.phases:
+                key = spec.key_for(workload)
+                assert not spec.space.problems(spec.default_for(key), key), (spec.name, key.label)
+
+
+def test_a_key_without_a_table_entry_runs_the_default_its_space_accepts(tables, monkeypatch):
+    wu = kernel_specs()["chunk_wu"]
+    key = wu.key_for(Workload(1, 2, 32, 32, tokens=100))
+    assert wu.space.problems(wu.default, key)  # BK 64, BV 64 at K = V = 32
+    write_table(tables, "sm90", wu, [], MADE_WITH)  # a table, but no entry of this shape
+    config, messages = resolve_quietly(wu, key)
+    assert config == Config.of(BK=32, BV=32, num_warps=4, num_stages=2) and messages == []
+    assert report_for(key).source == "default"
 
 
 def test_arch_without_tables_warns_once(tables):
