@@ -240,6 +240,15 @@ class Workload:
         return f"{self.dtype}-H{self.H}-HV{self.HV}-K{self.K}-V{self.V}-T{self.tokens}-N{self.sequences}"
 
 
+# Names of every KernelSpec made in this process: the registry's, and specs that tests or
+# `--extra-specs` inject; the runtime reports a table file named after none of them.
+_declared_names: set[str] = set()
+
+
+def declared_kernel_names() -> set[str]:
+    return set(_declared_names)
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """Everything the tuner and the runtime need to know about one tunable kernel.
@@ -270,6 +279,9 @@ class KernelSpec:
     _hash: list[str] = field(default_factory=list, compare=False, repr=False)
     _keys: dict[tuple, Key] = field(default_factory=dict, compare=False, repr=False)
     _defaults: dict[tuple, Config] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _declared_names.add(self.name)
 
     def key(self, **fields: KeyValue) -> Key:
         """A key with exactly this spec's fields, in order."""

@@ -408,6 +408,14 @@ def _locate(device: torch.device) -> _Place:
         return _Place(arch, folder)
     if device.type != "cuda":
         # The interpreter (TRITON_INTERPRET=1) on CPU tensors: no GPU, so no table applies.
+        override = os.environ.get(ENV_CONFIG_DIR)
+        if override and device.type != "meta":  # meta tensors only compile (warmup names their arch)
+            why = (
+                f"{ENV_CONFIG_DIR}={override} is ignored on a {device.type} device: tables are chosen by "
+                f"GPU architecture and a {device.type} device has none; set {ENV_ARCH} (e.g. sm90) to use "
+                f"that arch's tables"
+            )
+            return _Place(None, None, why, warn=True)
         return _Place(None, None, f"{device.type} device, {ENV_ARCH} not set")
     import torch
 
@@ -452,6 +460,7 @@ _places: dict[tuple[str, int | None], _Place] = {}
 _loaded: dict[tuple[str, str], Table | None] = {}  # (file, kernel) → table, read once per process
 _found: dict[tuple[str, str | None, str | None], list[Table]] = {}  # (kernel, arch, device folder)
 _warned: set[str] = set()
+_scanned: set[Path] = set()  # folders whose files were checked against the known kernels
 _lock = threading.RLock()
 
 
@@ -499,6 +508,7 @@ def _find_tables(spec: KernelSpec, place: _Place) -> list[Table]:
         arch_has_tables = arch_has_tables or any(arch_dir.glob("*.json")) or any(arch_dir.glob("*/*.json"))
         folders = [arch_dir / place.device_folder, arch_dir] if place.device_folder else [arch_dir]
         for folder in folders:
+            _report_unknown_kernels(folder)
             path = folder / f"{spec.name}.json"
             if path.is_file() and (table := _table(path, spec, place.arch)) is not None:
                 tables.append(table)
@@ -508,6 +518,25 @@ def _find_tables(spec: KernelSpec, place: _Place) -> list[Table]:
     elif not tables and strict_mode():
         raise TableError(f"no valid table for kernel {spec.name} on {place.arch}")
     return tables
+
+
+def _report_unknown_kernels(folder: Path) -> None:
+    """A table file no kernel reads (`chunk_stat.json`, a kernel since renamed) is a problem: a forward
+    call looks only for its own kernel's file and would never see it. Once per folder per process."""
+    if folder in _scanned or not folder.is_dir():
+        return
+    from ._registry import kernel_specs
+    from ._spec import declared_kernel_names
+
+    # The registry's kernels and any other spec this process declared (tests, --extra-specs).
+    known = set(kernel_specs()) | declared_kernel_names()
+    for path in sorted(folder.glob("*.json")):
+        if path.stem not in known:
+            _problem(
+                f"{path}: no kernel is named {path.stem!r} (known: {', '.join(sorted(known))}): "
+                f"the file is never read (file skipped)"
+            )
+    _scanned.add(folder)  # after the loop: in strict mode every call raises until the file is gone
 
 
 def _bucket_distance(spec_buckets: tuple[str, ...], wanted: Key, found: Key) -> float:
@@ -619,3 +648,4 @@ def reset() -> None:
         _loaded.clear()
         _found.clear()
         _warned.clear()
+        _scanned.clear()

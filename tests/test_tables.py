@@ -454,6 +454,42 @@ def test_arch_without_tables_warns_once(tables):
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_a_config_dir_on_a_cpu_device_without_an_arch_says_it_is_ignored(tmp_path, monkeypatch, strict):
+    write_table(tmp_path, "sm90", GATING, [entry(gating_key(64), BLOCK=256, num_warps=1)], MADE_WITH)
+    monkeypatch.setenv(_tables.ENV_CONFIG_DIR, str(tmp_path))
+    if strict:
+        monkeypatch.setenv(_tables.ENV_STRICT, "1")
+        with pytest.raises(
+            TableError, match=r"GDN_TUNE_CONFIG_DIR=.* is ignored on a cpu device.*GDN_TUNE_ARCH"
+        ):
+            resolve_config(GATING, gating_key(64), CPU)
+        return
+    config, messages = resolve_quietly(GATING, gating_key(64))
+    assert config == GATING.default
+    assert (
+        len(messages) == 1 and "is ignored on a cpu device" in messages[0] and "GDN_TUNE_ARCH" in messages[0]
+    )
+    assert resolve_quietly(GATING, gating_key(128))[1] == []  # once per process
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_a_table_file_for_an_unknown_kernel_is_reported(tables, monkeypatch, strict):
+    write_table(tables, "sm90", GATING, [entry(gating_key(64), BLOCK=256, num_warps=1)], MADE_WITH)
+    stray = tables / "sm90" / "chunk_stat.json"  # a typo: no kernel reads it
+    stray.write_text((tables / "sm90" / "gdn_gating.json").read_text())
+    if strict:
+        monkeypatch.setenv(_tables.ENV_STRICT, "1")
+        for _ in range(2):  # every call, until the file is gone
+            with pytest.raises(TableError, match=r"chunk_stat\.json: no kernel is named 'chunk_stat'"):
+                resolve_config(GATING, gating_key(64), CPU)
+        return
+    config, messages = resolve_quietly(GATING, gating_key(64))
+    assert config == Config.of(BLOCK=256, num_warps=1, num_stages=1)  # the valid table is still used
+    assert len(messages) == 1 and "chunk_stat.json: no kernel is named 'chunk_stat'" in messages[0]
+    assert resolve_quietly(ROWSUM, rowsum_key(64))[1] == []  # fake_rowsum is a kernel; reported once
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
 def test_unknown_arch_override(monkeypatch, strict):
     monkeypatch.setenv(_tables.ENV_ARCH, "sm75")
     if strict:
