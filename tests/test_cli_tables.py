@@ -83,6 +83,22 @@ def test_domain_errors_are_clear(tables, args, message):
     assert message in result.output, result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--config-dir", "/nonexistent/tables"), "table folder /nonexistent/tables does not exist"),
+        (("--arch", "sm80"), "no tables for sm80 (arch folders with tables there: sm90)"),
+        (("--kernel", "chunk_state"), "no tables for chunk_state"),
+    ],
+    ids=["missing-folder", "arch-without-tables", "kernel-without-a-table"],
+)
+def test_show_with_nothing_to_show_is_an_error(tables, args, message):
+    config_dir = () if "--config-dir" in args else ("--config-dir", str(tables))
+    result = invoke("show", *config_dir, *args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "speedup" not in result.output  # no header for nothing
+
+
 def test_show_prints_entries_with_speedup(tables):
     result = invoke("show", "--config-dir", str(tables), "--arch", "sm90", "--kernel", "gdn_gating")
     assert result.exit_code == 0, result.output

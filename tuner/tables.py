@@ -637,15 +637,21 @@ def show_tables(
     specs: Mapping[str, KernelSpec] | None = None,
 ) -> tuple[list[ShowRow], list[TableProblem]]:
     """The valid entries under `root` (default: the shipped tables), for one arch and kernel when given,
-    plus the problems of the entries and files left out."""
+    plus the problems of the entries and files left out. ValueError when there is nothing to show: no
+    such folder, or no table file for the arch (or kernel) asked for, as `check` and `diff` refuse."""
     specs = kernel_specs() if specs is None else specs
     if kernel is not None and kernel not in specs:
         raise ValueError(f"unknown kernel {kernel!r}; known kernels: {', '.join(specs)}")
     root = Path(root) if root is not None else shipped_tables_dir()
+    if not root.is_dir():
+        raise ValueError(f"table folder {root} does not exist")
+    files = [f for f in read_tables(root, [arch] if arch else None, specs) if kernel in (None, f.kernel)]
+    if not files:
+        what = " ".join(filter(None, (arch, kernel))) or "any arch"
+        found = ", ".join(dict.fromkeys(f.arch for f in read_tables(root, None, specs))) or "none"
+        raise ValueError(f"{root}: no tables for {what} (arch folders with tables there: {found})")
     rows, problems = [], []
-    for table_file in read_tables(root, [arch] if arch else None, specs):
-        if kernel is not None and table_file.kernel != kernel:
-            continue
+    for table_file in files:
         problems += table_file.problems
         if table_file.table is None:
             continue
