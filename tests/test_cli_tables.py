@@ -71,7 +71,7 @@ def test_check_strict_fails_on_a_bad_entry(tables):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("check", "--preset", "nope"), "unknown preset 'nope'"),
+        (("check", "--preset", "nope"), "'nope' is not one of 'default'"),
         (("show", "--kernel", "nope"), "unknown kernel 'nope'"),
         (("diff", "/nonexistent/a", "/nonexistent/b"), "does not exist"),
     ],

@@ -389,19 +389,23 @@ def test_cli_refuses_a_gpu_sweep_without_a_gpu(tmp_path):
     "args, message",
     [
         (["--strategy", "grid", "--trials", "5"], "--trials sets the TPE budget"),
-        (["--preset", "nope"], "unknown preset 'nope'"),
         (["--kernels", "nope"], "unknown kernel(s) nope"),
         (["--budget", "soon"], "not a duration: 'soon'"),
         (["--workers", "two"], "--workers must be a positive number or auto"),
         (["--shape", "H=16,HV=32"], "missing K, V, T"),
     ],
-    ids=["trials-with-grid", "unknown-preset", "unknown-kernel", "bad-budget", "bad-workers", "short-shape"],
+    ids=["trials-with-grid", "unknown-kernel", "bad-budget", "bad-workers", "short-shape"],
 )
 def test_bad_sweep_arguments_are_clear_errors(tmp_path, args, message):
     result = _invoke(
         ["sweep", "--gpu", "h200", "--interpret", "--db", f"sqlite:///{tmp_path / 'x.db'}", *args]
     )
     assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_an_unknown_preset_is_a_usage_error_naming_the_presets(tmp_path):
+    result = _invoke(["sweep", "--gpu", "h200", "--interpret", "--preset", "nope"])
+    assert result.exit_code == 2 and "'nope' is not one of" in result.output and "'smoke'" in result.output
 
 
 def test_duration_and_shape_parsing():

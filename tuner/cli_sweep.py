@@ -15,8 +15,11 @@ import click
 from gdn_kernels import Workload
 from gdn_kernels._files import FileWriteError, replaced_atomically
 
-from .cli import TargetType, json_option
+from .cli import TargetType, json_option, preset_option
 from .constants import DEFAULT_DB_URL, TRIAL_COLUMNS
+from .strategies.tpe import TpeStrategy
+
+TPE_DEFAULT_TRIALS = TpeStrategy.options["trials"][1]
 
 db_option = click.option(
     "--db",
@@ -130,11 +133,13 @@ class _ProgressLine:
 
 @click.command()
 @click.option(
-    "--gpu", "gpu", required=True, help="Target to tune (gdn-tune targets), or 'auto' for the GPU present."
+    "--gpu",
+    "gpu",
+    required=True,
+    type=TargetType(auto=True),
+    help="Target to tune (gdn-tune targets), or 'auto' for the GPU present.",
 )
-@click.option(
-    "--preset", help="Shapes of a preset (default: 'default', every model; 'smoke' under --interpret)."
-)
+@preset_option("Shapes of a preset (default: 'default', every model; 'smoke' under --interpret).")
 @click.option(
     "--shape",
     "shapes",
@@ -144,7 +149,11 @@ class _ProgressLine:
 )
 @click.option("--kernels", help="Comma-separated kernel names (default: all).")
 @click.option("--strategy", type=click.Choice(["grid", "tpe"]), default="grid", show_default=True)
-@click.option("--trials", type=click.IntRange(min=1), help="TPE: configs measured per problem.")
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    help=f"TPE: configs measured per problem, the default's included (default {TPE_DEFAULT_TRIALS}).",
+)
 @click.option("--budget", help="Stop asking for trials after this long (e.g. 20m); re-run to continue.")
 @db_option
 @click.option(
@@ -172,7 +181,7 @@ class _ProgressLine:
 @extra_specs_option
 @json_option
 def sweep(
-    gpu: str,
+    gpu: Any,
     preset: str | None,
     shapes: tuple[str, ...],
     kernels: str | None,
@@ -376,11 +385,13 @@ def _trials_help() -> str:
 @click.option("--sweep", "sweep_id", type=int, help="Only this sweep's trials.")
 @db_option
 def trials(path: str, sweep_id: int | None, db_url: str) -> None:
-    from .results import write_trials_parquet
+    from .results import UnknownSweepError, write_trials_parquet
     from .storage import Storage, StorageError
 
     try:
         count = write_trials_parquet(Storage(db_url, must_exist=True), path, sweep_id)
+    except UnknownSweepError as e:
+        raise click.UsageError(str(e)) from None
     except (StorageError, FileWriteError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"wrote {count} trials to {path}")

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from gdn_kernels._targets import ARCHS
+from gdn_tune.cli import preset_option
 from gdn_tune.presets import UnknownPresetError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -47,7 +48,7 @@ def _label(mapping: dict[str, Any] | None) -> str:
     help="Arch to check; 'all' checks every arch folder present.",
 )
 @config_dir_option
-@click.option("--preset", default=None, help="Report how many of this preset's keys have an exact entry.")
+@preset_option("Report how many of this preset's keys have an exact entry.")
 @click.option("--strict", is_flag=True, help="Exit non-zero on any problem (CI and releases).")
 @click.option("--no-compile", is_flag=True, help="Skip compiling entries for their target (faster).")
 @click.option(

@@ -213,10 +213,19 @@ def trial_rows(storage: Storage, sweep_id: int | None = None) -> list[dict[str, 
 
 def write_trials_parquet(storage: Storage, path: str | Path, sweep_id: int | None = None) -> int:
     """Every trial as a Parquet file with the TRIAL_COLUMNS; returns the number of rows. FileWriteError
-    names `path` when it cannot be written."""
+    names `path` when it cannot be written; UnknownSweepError, before anything is written, when
+    `sweep_id` names no sweep."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if sweep_id is not None:
+        with storage.session("read the sweeps") as session:
+            known = list(session.scalars(sa.select(SweepModel.id).order_by(SweepModel.id)))
+        if sweep_id not in known:
+            raise UnknownSweepError(
+                f"--sweep {sweep_id}: no such sweep in {storage.display_url} "
+                f"(sweeps: {', '.join(map(str, known)) or 'none'})"
+            )
     rows = trial_rows(storage, sweep_id)
     schema = pa.schema(
         [

@@ -1,15 +1,17 @@
-"""The files the CLI writes (export, summary, trials, report): an unwritable path is an `Error:` naming
-it and why, never a traceback, and a failed write leaves no partial file. The database holds sweeps
-written straight into it (no trials run)."""
+"""The commands over the sweep database (export, summary, trials, report) through click's runner: an
+unwritable output is an `Error:` naming it and why, never a traceback, and a failed write leaves no
+partial file; one mistake gets one exit code everywhere; report and summary say what their times are.
+The database holds sweeps written straight into it (no trials run)."""
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from pathlib import Path
 
 import pytest
-from _helpers import OTHER_KEY, record_sweep
+from _helpers import INTERPRETER, OTHER_KEY, record_sweep
 from click.testing import CliRunner
 
 from gdn_tune.cli import main
@@ -117,3 +119,54 @@ def test_report_png_has_a_title_the_target_and_units(db, pyplot, tmp_path):
     assert png.read_bytes().startswith(b"\x89PNG")
     assert "h200" in pyplot.texts["title"] and "NVIDIA H200" in pyplot.texts["title"]
     assert "×" in pyplot.texts["xlabel"] and "default" in pyplot.texts["xlabel"]
+
+
+@pytest.mark.parametrize("command", ["sweep", "export", "report", "summary"])
+def test_an_unknown_target_is_a_usage_error_in_every_command(command, db):
+    result = invoke(command, "--gpu", "h201", "--db", db, *(["--interpret"] if command == "sweep" else []))
+    assert result.exit_code == 2, result.output
+    assert "unknown GPU target 'h201'" in result.output and "h200" in result.output
+
+
+def test_trials_of_a_sweep_that_does_not_exist_is_a_usage_error(db, tmp_path):
+    out = tmp_path / "trials.parquet"
+    result = invoke("trials", "--db", db, "--parquet", str(out), "--sweep", "99")
+    assert result.exit_code == 2 and "--sweep 99: no such sweep" in result.output, result.output
+    assert "(sweeps: 1, 2)" in result.output and not out.exists()
+
+
+def test_summary_prints_the_page_without_out_and_names_interpreter_time(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cpu.db'}"
+    record_sweep(Storage(url), "cpu", INTERPRETER)
+    result = invoke("summary", "--db", url)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("# Sweep summary") and "| gdn_gating | 1 | 1 |" in result.output
+    assert "timed CPU (interpreter)" in result.output and "timed GPU" not in result.output
+    data = json.loads(invoke("summary", "--db", url, "--json").output)
+    assert data["timing"] == "interpreter" and "timed_gpu_s" not in data["kernels"]["gdn_gating"]
+
+
+def test_summary_of_gpu_sweeps_keeps_its_words(db):
+    result = invoke("summary", "--db", db)
+    assert result.exit_code == 0 and "| timed GPU |" in result.output, result.output
+
+
+def test_report_png_without_matplotlib_fails_before_printing(db, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    result = invoke("report", "--db", db, "--png", str(tmp_path / "r.png"))
+    assert result.exit_code == 1 and "--png needs matplotlib" in result.output
+    assert "gdn_gating" not in result.output  # the table was not printed first
+
+
+def test_report_json_gives_key_and_config_as_objects_like_show(db):
+    result = invoke("report", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)[0]
+    assert row["key"] == {"dtype": "bfloat16", "HV": 2, "T": 128}
+    assert row["config"] == {"BLOCK": 256, "num_stages": 1, "num_warps": 4}
+
+
+def test_help_shows_the_preset_names_and_the_tpe_budget():
+    sweep_help = invoke("sweep", "--help").output
+    assert "default 32" in sweep_help and "anchors" in sweep_help and "smoke" in sweep_help
+    assert "qwen3-next-80b-a3b" in invoke("check", "--help").output
