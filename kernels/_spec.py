@@ -276,6 +276,10 @@ class KernelSpec:
     tolerance: float = 1e-2  # relative L2 error allowed per output, 16-bit inputs
     phases: tuple[str, ...] = ("prefill",)  # which workloads of a preset this kernel is tuned for
     bytes_moved: Callable[[Key], int] | None = None  # for bandwidth figures in reports
+    # Members of jit_functions launched beside the kernel with a fixed config (the varlen guard): listed
+    # there so `gdn-tune warmup` compiles them, left out of source_hash because they do not shape the
+    # tuned config, so changing them leaves the tables current.
+    untuned_functions: tuple[Any, ...] = ()
     _hash: list[str] = field(default_factory=list, compare=False, repr=False)
     _keys: dict[tuple, Key] = field(default_factory=dict, compare=False, repr=False)
     _defaults: dict[tuple, Config] = field(default_factory=dict, compare=False, repr=False)
@@ -328,6 +332,8 @@ class KernelSpec:
         if not self._hash:
             h = hashlib.sha256()
             for fn in self.jit_functions:
+                if any(fn is untuned for untuned in self.untuned_functions):
+                    continue
                 src = getattr(fn, "src", None) or inspect.getsource(getattr(fn, "fn", fn))
                 h.update(src.encode())
             h.update(self.space.describe().encode())
