@@ -251,3 +251,26 @@ def test_a_16_bit_gate_is_cast_to_float32_as_the_docstring_says(device):
     o16, _ = chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
     o32, _ = chunk_gated_delta_rule(q, k, v, g.float(), beta, cu_seqlens=cu)
     assert torch.equal(o16, o32)
+
+
+_COMPILE_GUARD = """
+import json, torch
+from gdn_kernels import _varlen
+from gdn_kernels._launch import compile_for_target, recording
+cu = torch.empty(65, dtype=torch.int64, device="meta")
+o = torch.empty(1, 8192, 64, 128, dtype=torch.bfloat16, device="meta")
+with recording() as records:
+    _varlen.guard_varlen(cu, 8192, o)
+print(json.dumps({cc: compile_for_target(records[0], cc).metadata.shared for cc in (80, 90, 100, 120)}))
+"""
+
+
+def test_the_guard_compiles_for_every_target():
+    # The interpreter runs it here; a GPU compiles it (in a child process without TRITON_INTERPRET).
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE_GUARD], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    shared = json.loads(done.stdout)
+    assert set(shared) == {"80", "90", "100", "120"} and max(shared.values()) < 1024
