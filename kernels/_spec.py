@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import itertools
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -175,11 +176,25 @@ class SearchSpace:
                 return p
         raise KeyError(name)
 
-    def candidates(self, key: Key) -> list[Config]:
-        """Every combination of the candidate values that satisfies the constraints for `key`."""
-        combos = itertools.product(*(p.values for p in self.params))
+    def candidates(self, key: Key, values: Mapping[str, Iterable[int]] | None = None) -> list[Config]:
+        """Every combination of the candidate values (or of `values`, per parameter) that satisfies the
+        constraints for `key`."""
+        choices = [tuple(values[p.name]) if values else p.values for p in self.params]
+        combos = itertools.product(*choices)
         configs = (Config.of(**dict(zip(self.names, combo, strict=True))) for combo in combos)
         return [c for c in configs if not self.problems(c, key)]
+
+    def table_values(self) -> dict[str, tuple[int, ...]]:
+        """Per parameter: its candidates and every power of two in the range a table entry may hold
+        (warps and stages: their candidates)."""
+        found = {}
+        for p in self.params:
+            extra: set[int] = set()
+            if p.name not in LAUNCH_PARAMS:
+                lo, hi = min(p.values) if p.lo is None else p.lo, max(p.values) if p.hi is None else p.hi
+                extra = {1 << i for i in range(hi.bit_length()) if lo <= 1 << i <= hi}
+            found[p.name] = tuple(sorted(set(p.values) | extra))
+        return found
 
     def problems(self, config: Config, key: Key | None = None) -> list[str]:
         """Why `config` is not acceptable (for `key`, when given); empty when it is."""
@@ -233,6 +248,15 @@ class Workload:
         return label
 
 
+# Names of every KernelSpec made in this process: the registry's, and specs that tests or
+# `--extra-specs` inject; the runtime reports a table file named after none of them.
+_declared_names: set[str] = set()
+
+
+def declared_kernel_names() -> set[str]:
+    return set(_declared_names)
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """Everything the tuner and the runtime need to know about one tunable kernel.
@@ -263,8 +287,16 @@ class KernelSpec:
     # Key fields whose value changes the compiled kernel but hardly its best config: a key with no
     # entry of its own resolves as the key with these (field, value) pairs would.
     fallback_fields: tuple[tuple[str, KeyValue], ...] = ()
+    # Members of jit_functions launched beside the kernel with a fixed config (the varlen guard): listed
+    # there so `gdn-tune warmup` compiles them, left out of source_hash because they do not shape the
+    # tuned config, so changing them leaves the tables current.
+    untuned_functions: tuple[Any, ...] = ()
     _hash: list[str] = field(default_factory=list, compare=False, repr=False)
     _keys: dict[tuple, Key] = field(default_factory=dict, compare=False, repr=False)
+    _defaults: dict[tuple, Config] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _declared_names.add(self.name)
 
     def key(self, **fields: KeyValue) -> Key:
         """A key with exactly this spec's fields, in order."""
@@ -285,11 +317,34 @@ class KernelSpec:
             key = self._keys[memo] = self.key(**dict(fields))
         return key
 
+    def default_for(self, key: Key) -> Config:
+        """The config a key runs when no table has one: `default` where the space accepts it for the
+        key, else the accepted config nearest to it (distance: Σ |log2 ratio| over the parameters; ties
+        to the earlier one), among the candidates or, when none is accepted, among every power of two
+        a table may hold. `default` is chosen for the presets' K = V = 128, and a space may reject it
+        for narrower heads (chunk_wu's BK 64 > pow2(K) at K = V = 32; at K = 16 no candidate BK is
+        small enough, but 16 is in range): a launch, a sweep's default measurement and a table's default
+        time then all use this config. Memoised per key."""
+        config = self._defaults.get(key.items)
+        if config is None:
+            config = self.default
+            if self.space.problems(config, key):
+                accepted = self.space.candidates(key) or self.space.candidates(key, self.space.table_values())
+                # None accepted at all (a shape the kernel does not support): keep the default.
+                config = min(accepted, key=self._distance_to_default, default=config)
+            self._defaults[key.items] = config
+        return config
+
+    def _distance_to_default(self, config: Config) -> float:
+        return sum(abs(math.log2(v) - math.log2(self.default.get(k) or v)) for k, v in config.params)
+
     def source_hash(self) -> str:
         """Hash of the kernels' source and the search space; a table made for another hash is stale."""
         if not self._hash:
             h = hashlib.sha256()
             for fn in self.jit_functions:
+                if any(fn is untuned for untuned in self.untuned_functions):
+                    continue
                 src = getattr(fn, "src", None) or inspect.getsource(getattr(fn, "fn", fn))
                 h.update(src.encode())
             h.update(self.space.describe().encode())

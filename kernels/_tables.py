@@ -40,6 +40,9 @@ TOP_LEVEL_FIELDS = ("schema", "kernel", "arch", "made_with", "entries")
 ENTRY_FIELDS = ("key", "config", "time_ms", "default_time_ms")
 # Provenance every table records; other made_with fields may be added (scalars only).
 MADE_WITH_FIELDS = ("gpu", "compute_capability", "triton", "torch", "cuda", "kernel_hash", "date")
+# Optional provenance the tuner writes: whether the times are the interpreter's CPU wall clock (a file
+# without it is read as made on the GPU it names), and the sweep that made the table.
+MADE_WITH_OPTIONAL = {"interpret": bool, "sweep_id": int}
 # Key fields that hold a count (heads, head dims, chunk size, token or sequence bucket): positive ints.
 COUNT_KEY_FIELDS = frozenset({"B", "H", "HV", "K", "V", "BT", "T", "N"})
 # Key fields that are buckets (powers of two); "nearest bucket" moves along these and keeps the rest.
@@ -233,6 +236,10 @@ def _check_made_with(raw: object, bad: _Collector) -> None:
                 bad(where, f"must be a version string or null, got {value!r}")
         elif name in MADE_WITH_FIELDS and not isinstance(value, str):
             bad(where, f"must be a string, got {value!r}")
+        elif name in MADE_WITH_OPTIONAL:
+            kind = MADE_WITH_OPTIONAL[name]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                bad(where, f"must be a {'boolean' if kind is bool else 'whole number'}, got {value!r}")
         elif not (value is None or isinstance(value, str | int | float)):
             bad(where, f"must be a string, number, boolean or null, got {_type_name(value)}")
         elif name == "gpu":
@@ -401,6 +408,14 @@ def _locate(device: torch.device) -> _Place:
         return _Place(arch, folder)
     if device.type != "cuda":
         # The interpreter (TRITON_INTERPRET=1) on CPU tensors: no GPU, so no table applies.
+        override = os.environ.get(ENV_CONFIG_DIR)
+        if override and device.type != "meta":  # meta tensors only compile (warmup names their arch)
+            why = (
+                f"{ENV_CONFIG_DIR}={override} is ignored on a {device.type} device: tables are chosen by "
+                f"GPU architecture and a {device.type} device has none; set {ENV_ARCH} (e.g. sm90) to use "
+                f"that arch's tables"
+            )
+            return _Place(None, None, why, warn=True)
         return _Place(None, None, f"{device.type} device, {ENV_ARCH} not set")
     import torch
 
@@ -445,6 +460,7 @@ _places: dict[tuple[str, int | None], _Place] = {}
 _loaded: dict[tuple[str, str], Table | None] = {}  # (file, kernel) → table, read once per process
 _found: dict[tuple[str, str | None, str | None], list[Table]] = {}  # (kernel, arch, device folder)
 _warned: set[str] = set()
+_scanned: set[Path] = set()  # folders whose files were checked against the known kernels
 _lock = threading.RLock()
 
 
@@ -492,6 +508,7 @@ def _find_tables(spec: KernelSpec, place: _Place) -> list[Table]:
         arch_has_tables = arch_has_tables or any(arch_dir.glob("*.json")) or any(arch_dir.glob("*/*.json"))
         folders = [arch_dir / place.device_folder, arch_dir] if place.device_folder else [arch_dir]
         for folder in folders:
+            _report_unknown_kernels(folder)
             path = folder / f"{spec.name}.json"
             if path.is_file() and (table := _table(path, spec, place.arch)) is not None:
                 tables.append(table)
@@ -501,6 +518,25 @@ def _find_tables(spec: KernelSpec, place: _Place) -> list[Table]:
     elif not tables and strict_mode():
         raise TableError(f"no valid table for kernel {spec.name} on {place.arch}")
     return tables
+
+
+def _report_unknown_kernels(folder: Path) -> None:
+    """A table file no kernel reads (`chunk_stat.json`, a kernel since renamed) is a problem: a forward
+    call looks only for its own kernel's file and would never see it. Once per folder per process."""
+    if folder in _scanned or not folder.is_dir():
+        return
+    from ._registry import kernel_specs
+    from ._spec import declared_kernel_names
+
+    # The registry's kernels and any other spec this process declared (tests, --extra-specs).
+    known = set(kernel_specs()) | declared_kernel_names()
+    for path in sorted(folder.glob("*.json")):
+        if path.stem not in known:
+            _problem(
+                f"{path}: no kernel is named {path.stem!r} (known: {', '.join(sorted(known))}): "
+                f"the file is never read (file skipped)"
+            )
+    _scanned.add(folder)  # after the loop: in strict mode every call raises until the file is gone
 
 
 def _bucket_distance(spec_buckets: tuple[str, ...], wanted: Key, found: Key) -> float:
@@ -552,7 +588,9 @@ def _resolve(spec: KernelSpec, key: Key, device: torch.device) -> Resolution:
     if place.arch is None:
         if place.warn:
             _problem(f"{place.why_none}: every kernel runs its default config")
-        return Resolution(spec.name, device_label, key, spec.default, "default", reason=place.why_none)
+        return Resolution(
+            spec.name, device_label, key, spec.default_for(key), "default", reason=place.why_none
+        )
     tables = _tables_for(spec, place)
     found = _resolve_from_tables(spec, key, tables, device_label)
     if found is None and spec.fallback_fields:
@@ -562,7 +600,7 @@ def _resolve(spec: KernelSpec, key: Key, device: torch.device) -> Resolution:
     if found is not None:
         return found
     reason = f"no table for {spec.name} on {place.arch}" if not tables else "no entry of this shape"
-    return Resolution(spec.name, device_label, key, spec.default, "default", reason=reason)
+    return Resolution(spec.name, device_label, key, spec.default_for(key), "default", reason=reason)
 
 
 def resolve_config(spec: KernelSpec, key: Key, device: torch.device) -> Config:
@@ -590,7 +628,9 @@ def _resolve_and_cache(spec: KernelSpec, key: Key, device: torch.device) -> Conf
             if strict_mode():
                 raise TableError(f"resolving {spec.name} {key.label}: {e!r}") from e
             _problem(f"resolving {spec.name} {key.label} failed ({e!r}); using the default config")
-            resolution = Resolution(spec.name, str(device), key, spec.default, "default", reason=repr(e))
+            resolution = Resolution(
+                spec.name, str(device), key, spec.default_for(key), "default", reason=repr(e)
+            )
         _resolutions[cache_key] = resolution
         _resolved[cache_key] = resolution.config
         return resolution.config
@@ -612,3 +652,4 @@ def reset() -> None:
         _loaded.clear()
         _found.clear()
         _warned.clear()
+        _scanned.clear()

@@ -17,7 +17,7 @@ import torch
 from . import _varlen
 from ._spec import CHUNK_SIZE
 from .chunk_kkt_solve import chunk_kkt_solve_unchecked
-from .chunk_output import MAX_GRID_CHUNKS, chunk_output
+from .chunk_output import MAX_GRID_CHUNKS, chunk_output, output_like
 from .chunk_state import MAX_HEAD_DIM, chunk_state
 from .chunk_wu import chunk_wu_unchecked
 from .l2norm import l2norm
@@ -73,15 +73,10 @@ def _check_arguments(
         raise ValueError(f"{name}: beta must be float32 or q's dtype {q.dtype}, got {beta.dtype}")
     N = B
     if cu_seqlens is not None:
-        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-            raise ValueError(
-                f"{name}: cu_seqlens must be 1-D [N + 1] with N ≥ 1, got {tuple(cu_seqlens.shape)}"
-            )
-        if cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"{name}: cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+        # Its values too where they are on the host; on a GPU the varlen guard makes them safe instead.
+        N = _varlen.check_cu_seqlens(cu_seqlens, T, name, q.device)
         if B != 1:
             raise ValueError(f"{name}: with cu_seqlens the batch must be packed into B == 1, got B = {B}")
-        N = cu_seqlens.numel() - 1
     if state_layout not in STATE_LAYOUTS:
         raise ValueError(
             f"{name}: state_layout must be 'kv' ([.., K, V]) or 'vk' ([.., V, K]), got {state_layout!r}"
@@ -161,10 +156,12 @@ def chunk_gated_delta_rule(
     """Gated delta rule over whole prompts → (o [B,T,HV,V] in v's dtype, final_state or None).
 
     q, k [B,T,H,K] and v [B,T,HV,V] in bf16 or fp16 (HV a multiple of H: query/key head h serves value
-    heads h·HV/H onwards); g [B,T,HV] float32 log-decay (≤ 0); beta [B,T,HV] float32 or q's dtype;
-    scale defaults to K^-0.5. With cu_seqlens (int32 or int64 [N+1], B == 1) the sequences are packed
-    along T; its values must start at 0, never decrease and end at T. They are not checked, since
-    reading them would synchronise with the GPU. use_qk_l2norm_in_kernel normalises q and k over K first.
+    heads h·HV/H onwards); g [B,T,HV] float32 log-decay (≤ 0; 16-bit is cast); beta [B,T,HV] float32 or
+    q's dtype; scale defaults to K^-0.5. With cu_seqlens (an int32 or int64 tensor [N+1] on q's device,
+    B == 1) the sequences are packed along T; its values must start at 0, never decrease and end at T:
+    checked for a CPU tensor; on a GPU not read (that would synchronise) unless
+    GDN_TUNE_CHECK_CU_SEQLENS=1, and tokens that no sequence covers come back as zeros.
+    use_qk_l2norm_in_kernel normalises q and k over K first.
 
     States are [.., HV, K, V] for state_layout="kv" (the default), [.., HV, V, K] for "vk" (vLLM's and
     SGLang's caches), in float32, bfloat16 or float16 (read into float32). A [K, V] state passed as
@@ -185,9 +182,13 @@ def chunk_gated_delta_rule(
     # whatever the caller's gate dtype (a warm-up with another dtype must not leave a compile for later).
     g = g.contiguous() if g.dtype == torch.float32 else g.float()
     chunk_indices = chunk_offsets = None
+    o = out
     if cu_seqlens is not None:
-        cu_seqlens = cu_seqlens.to(torch.int32)  # a no-op for int32; kernels index with int32
-        chunk_offsets, chunk_indices = _varlen.chunk_bookkeeping(cu_seqlens, T, CHUNK_SIZE)
+        # o first: the varlen guard zeroes its rows outside every sequence, and hands the kernels an int32
+        # cu_seqlens that cannot point outside the tokens (kernels/_varlen.py).
+        if o is None:
+            o = output_like(v)  # v_new, which chunk_output's own o would copy, has v's shape and dtype
+        cu_seqlens, chunk_offsets, chunk_indices = _varlen.prepare_varlen(cu_seqlens, T, CHUNK_SIZE, o)
     if use_qk_l2norm_in_kernel:
         q, k = l2norm(q), l2norm(k)
 
@@ -207,5 +208,5 @@ def chunk_gated_delta_rule(
         state_indices=state_indices,
         inplace_final_state=inplace_final_state,
     )
-    o = chunk_output(q, k, v_new, h, gc, scale, cu_seqlens=cu_seqlens, chunk_indices=chunk_indices, out=out)
+    o = chunk_output(q, k, v_new, h, gc, scale, cu_seqlens=cu_seqlens, chunk_indices=chunk_indices, out=o)
     return o, final_state

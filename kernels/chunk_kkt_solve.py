@@ -430,10 +430,13 @@ SPEC = KernelSpec(
         _invert_unit_lower_16,
         _load_k_slice,
         _store_block,
-        # The first kernel of a varlen prefill (chunk indices, which this kernel reads): listed so
-        # that `gdn-tune warmup`, which compiles the jit functions of the specs, compiles it too.
+        # The first kernels of a varlen prefill (the guard, then the chunk indices this kernel reads):
+        # listed so that `gdn-tune warmup`, which compiles the jit functions of the specs, compiles
+        # them too. The bookkeeping kernel is hashed, as it was when the sm90 tables were made.
         _varlen._chunk_bookkeeping_kernel,
+        _varlen._varlen_guard_kernel,
     ),
+    untuned_functions=(_varlen._varlen_guard_kernel,),
     key_for=lambda w: _key(w.dtype, w.H, w.HV, w.K, w.tokens),
     make_inputs=_make_inputs,
     make_outputs=_make_outputs,

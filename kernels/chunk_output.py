@@ -185,6 +185,11 @@ def _make_outputs(inputs: dict) -> dict[str, torch.Tensor]:
     return {"o": torch.empty_like(v_new)}
 
 
+def output_like(v_new: torch.Tensor) -> torch.Tensor:
+    """An uninitialised o for `chunk_output(..., out=o)`, allocated as chunk_output allocates its own."""
+    return _make_outputs({"v_new": v_new})["o"]
+
+
 def chunk_output(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -196,12 +201,12 @@ def chunk_output(
     chunk_indices: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """o [B,T,HV,V] in v_new's dtype, from q, k [B,T,H,K], v_new [B,T,HV,V], h [B,NT,HV,K,V], gc [B,T,HV];
-    written into `out` (contiguous, v_new's shape and dtype) when given.
+    """o [B,T,HV,V] in v_new's dtype, from q, k [B,T,H,K], v_new [B,T,HV,V], h [B,NT,HV,K,V], gc [B,T,HV].
 
     With int32 cu_seqlens (B == 1), chunk_indices [max_chunks, 2] (from `_varlen.chunk_indices`) maps each
-    program to its (sequence, chunk), and h row i is global chunk i. Arguments are assumed validated by
-    `chunk_gated_delta_rule`.
+    program to its (sequence, chunk), and h row i is global chunk i; only the rows of sequences are
+    written, into `out` when given (the public function zeroes the others there first). Arguments are
+    assumed validated by `chunk_gated_delta_rule`.
     """
     if chunk_indices is None and cu_seqlens is not None:
         chunk_indices = _varlen.chunk_indices(cu_seqlens, q.shape[1], CHUNK_SIZE)
@@ -215,7 +220,7 @@ def chunk_output(
         "cu_seqlens": cu_seqlens,
         "chunk_indices": chunk_indices,
     }
-    outputs = {"o": out} if out is not None else _make_outputs(inputs)
+    outputs = _make_outputs(inputs) if out is None else {"o": out}
     B, T, H, K = q.shape
     HV, V = v_new.shape[2], v_new.shape[3]
     config = resolve_config(SPEC, _key(q.dtype, H, HV, K, V, B * T), q.device)

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _varlen
 from ._launch import INTERPRETED, cdiv, launch
 from ._spec import (
     Config,
@@ -670,13 +671,9 @@ def _check(
         raise ValueError(f"{name}: A_log and dt_bias are used only with use_gate_in_kernel=True")
     N = B
     if cu_seqlens is not None:
-        if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2 or cu_seqlens.dtype not in _INDEX_DTYPES:
-            raise ValueError(
-                f"{name}: cu_seqlens must be int32/int64 [N+1] with N ≥ 1, got {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}"
-            )
+        N = _varlen.check_cu_seqlens(cu_seqlens, T, name, q.device)  # values too, where on the host
         if B != 1:
             raise ValueError(f"{name}: with cu_seqlens the batch size B must be 1, got {B}")
-        N = cu_seqlens.shape[0] - 1
     if ssm_state_indices is not None:
         if initial_state is None:
             raise ValueError(f"{name}: ssm_state_indices needs initial_state (the state cache it indexes)")

@@ -13,8 +13,20 @@ from pathlib import Path
 
 import torch
 
+from gdn_kernels._registry import spec_by_name
 from gdn_kernels._spec import Config, KernelSpec
 from gdn_kernels._targets import TARGETS
+from gdn_tune.storage import Measurement, Storage, SweepStatus, TrialStatus
+
+# made_with of tables the tests write: an H200's, as the shipped sm90 tables record it.
+MADE_WITH = {
+    "gpu": "NVIDIA H200",
+    "compute_capability": "9.0",
+    "triton": "3.6.0",
+    "torch": "2.13.0",
+    "cuda": "12.8",
+    "date": "2026-01-31",
+}
 
 
 def cu_seqlens_of(lengths: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
@@ -121,3 +133,44 @@ def host_synchronisation_forbidden() -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# --------------------------------------------------------------------------------------------------
+# Sweeps written straight into a database (no trials run), for export and the commands that read it.
+
+GATING = spec_by_name("gdn_gating")
+KEY = GATING.key(dtype="bfloat16", HV=2, T=128)
+OTHER_KEY = GATING.key(dtype="bfloat16", HV=2, T=64)
+INTERPRETER = "TRITON_INTERPRET CPU"  # the GPU name an --interpret sweep records
+
+
+def record_sweep(
+    storage: Storage,
+    fingerprint: str,
+    gpu_name: str,
+    key=KEY,
+    kernel_hash: str | None = None,
+    block: int = 256,
+    time_ms: float = 0.01,
+) -> None:
+    """A finished sweep of gdn_gating with one winner on `gpu_name` (INTERPRETER: an --interpret sweep)."""
+    interpret = gpu_name == INTERPRETER
+    sweep, _ = storage.open_sweep(
+        fingerprint,
+        target="h200",
+        gpu_name=gpu_name,
+        compute_capability="9.0",
+        triton_version="3.6.0",
+        torch_version="2.13.0",
+        cuda_version=None if interpret else "12.8",
+        interpret=interpret,
+        strategy="grid",
+        command="test",
+    )
+    problem = storage.ensure_problem(
+        sweep.id, "gdn_gating", key, kernel_hash or GATING.source_hash(), GATING.default
+    )
+    config = Config.of(BLOCK=block, num_warps=4, num_stages=1)
+    trial = storage.record_trial(problem.id, config, Measurement(TrialStatus.OK, median_ms=time_ms))
+    storage.set_winner(problem.id, trial.id, time_ms, 2 * time_ms)
+    storage.close_sweep(sweep.id, SweepStatus.FINISHED)

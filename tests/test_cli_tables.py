@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from _helpers import MADE_WITH
 from click.testing import CliRunner
 
 from gdn_kernels._spec import Config
@@ -13,15 +14,6 @@ from gdn_kernels._tables import TableEntry
 from gdn_kernels.gating import SPEC as GATING
 from gdn_tune.cli import main
 from gdn_tune.tables import write_table
-
-MADE_WITH = {
-    "gpu": "NVIDIA H200",
-    "compute_capability": "9.0",
-    "triton": "3.6.0",
-    "torch": "2.13.0",
-    "cuda": "12.8",
-    "date": "2026-01-31",
-}
 
 
 def gating_entry(T: int, block: int, warps: int, time_ms: float = 0.01, HV: int = 2) -> TableEntry:
@@ -79,7 +71,7 @@ def test_check_strict_fails_on_a_bad_entry(tables):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("check", "--preset", "nope"), "unknown preset 'nope'"),
+        (("check", "--preset", "nope"), "'nope' is not one of 'default'"),
         (("show", "--kernel", "nope"), "unknown kernel 'nope'"),
         (("diff", "/nonexistent/a", "/nonexistent/b"), "does not exist"),
     ],
@@ -89,6 +81,22 @@ def test_domain_errors_are_clear(tables, args, message):
     result = invoke(*args, *(["--config-dir", str(tables)] if args[0] != "diff" else []))
     assert result.exit_code != 0
     assert message in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--config-dir", "/nonexistent/tables"), "table folder /nonexistent/tables does not exist"),
+        (("--arch", "sm80"), "no tables for sm80 (arch folders with tables there: sm90)"),
+        (("--kernel", "chunk_state"), "no tables for chunk_state"),
+    ],
+    ids=["missing-folder", "arch-without-tables", "kernel-without-a-table"],
+)
+def test_show_with_nothing_to_show_is_an_error(tables, args, message):
+    config_dir = () if "--config-dir" in args else ("--config-dir", str(tables))
+    result = invoke("show", *config_dir, *args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "speedup" not in result.output  # no header for nothing
 
 
 def test_show_prints_entries_with_speedup(tables):

@@ -57,6 +57,31 @@ def test_import_gdn_kernels_stays_light():
     assert result.stdout.strip() == "[]", result.stdout
 
 
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["targets"], ["sweep", "--help"]], ids=" ".join)
+def test_the_command_starts_without_importing_torch(args):
+    # torch, triton and SQLAlchemy take about 3 s to import; a command that needs none of them must not wait.
+    code = (
+        "import sys\n"
+        "from gdn_tune.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'triton', 'sqlalchemy', 'optuna', 'pyarrow') if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
+def test_the_public_names_import_on_first_use():
+    # l2norm is both a submodule and a function: importing the submodule must not hide the function.
+    code = (
+        "import gdn_kernels.chunk, gdn_kernels.l2norm\n"
+        "from gdn_kernels import l2norm, chunk_gated_delta_rule, fused_recurrent_gated_delta_rule\n"
+        "import gdn_kernels\n"
+        "print(callable(l2norm), l2norm is gdn_kernels.l2norm, chunk_gated_delta_rule.__module__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert result.stdout.split() == ["True", "True", "gdn_kernels.chunk"], result.stdout
+
+
 def test_no_autotune_in_the_runtime_package():
     offenders = [p for p in (ROOT / "kernels").rglob("*.py") if "autotune" in p.read_text()]
     assert offenders == []

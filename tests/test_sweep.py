@@ -26,11 +26,10 @@ from gdn_kernels import Config, Workload, kernel_specs, target_by_name
 from gdn_kernels._tables import TableEntry
 from gdn_tune.cli import main
 from gdn_tune.cli_sweep import parse_duration, parse_shape
-from gdn_tune.export import export_tables
 from gdn_tune.measure import ProblemBench, measure_trial
 from gdn_tune.presets import preset_by_name
 from gdn_tune.results import TRIAL_COLUMNS
-from gdn_tune.storage import Measurement, Storage, SweepStatus, TrialStatus
+from gdn_tune.storage import TrialStatus
 from gdn_tune.sweep import GpuMismatchError, resolve_target, run_sweep
 from gdn_tune.tables import write_table
 
@@ -145,69 +144,50 @@ def test_the_same_command_again_measures_nothing(smoke_db):
 def test_export_is_byte_identical_twice_merges_and_passes_check(smoke_db, tmp_path):
     _, url, _ = smoke_db
     out = tmp_path / "tables"
-    # An entry for a key this sweep did not touch must survive the export.
+    # An entry for a key this sweep did not touch must survive the export (made the same way: entries
+    # of a GPU and of the interpreter never share a file, tests/test_export.py).
     kept = TableEntry(GATING.key(dtype="bfloat16", HV=64, T=8192), GATING.default, 0.02, 0.02)
     made_with = {
-        "gpu": "NVIDIA H200",
+        "gpu": "TRITON_INTERPRET CPU",
         "compute_capability": "9.0",
         "triton": "3.6.0",
         "torch": "2.13.0",
-        "cuda": "12.8",
+        "cuda": None,
         "kernel_hash": GATING.source_hash(),
         "date": "2026-01-31",
     }
     table = write_table(out, "sm90", GATING, [kept], made_with)
 
-    dry = _invoke(["export", "--gpu", "h200", "--db", url, "--out", str(out), "--dry-run"])
+    export = ["export", "--gpu", "h200", "--db", url, "--out", str(out), "--allow-interpreter-timings"]
+    dry = _invoke([*export, "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "+    {" in dry.output and "would write" in dry.output
     assert [e["key"]["T"] for e in json.loads(table.read_text())["entries"]] == [8192]  # dry: untouched
 
-    first = _invoke(["export", "--gpu", "h200", "--db", url, "--out", str(out)])
+    first = _invoke(export)
     assert first.exit_code == 0, first.output
     first_bytes = table.read_bytes()
-    second = _invoke(["export", "--gpu", "h200", "--db", url, "--out", str(out)])
+    second = _invoke(export)
     assert second.exit_code == 0 and "unchanged" in second.output, second.output
     assert table.read_bytes() == first_bytes
 
     data = json.loads(first_bytes)
     assert sorted(e["key"]["T"] for e in data["entries"]) == sorted([8192, *(k["T"] for k in SMOKE_KEYS)])
     assert data["made_with"]["gpu"] == "TRITON_INTERPRET CPU" and data["made_with"]["interpret"] is True
-    check = _invoke(["check", "--config-dir", str(out), "--strict"])
+    check = _invoke(["check", "--config-dir", str(out), "--strict", "--allow-interpreter-timings"])
     assert check.exit_code == 0, check.output
 
 
-def _fake_sweep(storage: Storage, fingerprint: str, interpret: bool, kernel_hash: str, block: int) -> None:
-    """A finished sweep of gdn_gating with one winner, written straight into the database."""
-    sweep, _ = storage.open_sweep(
-        fingerprint,
-        target="h200",
-        gpu_name="TRITON_INTERPRET CPU" if interpret else "NVIDIA H200",
-        compute_capability="9.0",
-        triton_version="3.6.0",
-        torch_version="2.13.0",
-        cuda_version=None if interpret else "12.8",
-        interpret=interpret,
-        strategy="grid",
-        command="test",
-    )
-    problem = storage.ensure_problem(sweep.id, "gdn_gating", SMOKE_KEYS[0], kernel_hash, GATING.default)
-    config = Config.of(BLOCK=block, num_warps=4, num_stages=1)
-    trial = storage.record_trial(problem.id, config, Measurement(TrialStatus.OK, median_ms=0.01))
-    storage.set_winner(problem.id, trial.id, 0.01, 0.02)
-    storage.close_sweep(sweep.id, SweepStatus.FINISHED)
-
-
-def test_export_prefers_gpu_sweeps_and_skips_winners_of_another_kernel_version(tmp_path):
-    url = f"sqlite:///{tmp_path / 'mixed.db'}"
-    storage = Storage(url)
-    _fake_sweep(storage, "a", interpret=False, kernel_hash=GATING.source_hash(), block=2048)
-    _fake_sweep(storage, "b", interpret=True, kernel_hash=GATING.source_hash(), block=256)  # later
-    _fake_sweep(storage, "c", interpret=False, kernel_hash="0123456789abcdef", block=512)  # stale
-    result = export_tables(url, target_by_name("h200"), tmp_path / "out")
-    (entry,) = json.loads((tmp_path / "out" / "sm90" / "gdn_gating.json").read_text())["entries"]
-    assert entry["config"]["BLOCK"] == 2048
-    assert len(result.skipped) == 1 and "0123456789abcdef" in result.skipped[0]
+def test_a_default_its_space_rejects_at_the_shape_is_replaced_and_timed(tmp_path):
+    # The smoke shapes have K = V = 32, where chunk_wu's default (BK = BV = 64) is outside its space:
+    # it was recorded infeasible and report and summary showed no default time.
+    url = f"sqlite:///{tmp_path / 'wu.db'}"
+    _sweep_json(url, "--kernels", "chunk_wu")
+    rows = json.loads(_invoke(["report", "--db", url, "--json"]).output)
+    assert len(rows) == 1 and rows[0]["default_time_ms"] is not None and rows[0]["speedup"] is not None
+    summary = _invoke(["summary", "--db", url, "--json", "--out", str(tmp_path / "SWEEP.md")])
+    assert json.loads(summary.output)["kernels"]["chunk_wu"]["median_speedup"] is not None, summary.output
+    assert _rows(tmp_path / "wu.db", "SELECT COUNT(*) FROM tune_trials WHERE status != 'ok'") == [(0,)]
 
 
 def test_status_report_and_parquet_read_the_database(smoke_db, tmp_path):
@@ -333,6 +313,7 @@ def test_injected_faults_are_recorded_with_their_status_and_never_exported(tmp_p
     target = summary["target"]
     exported = _invoke(
         ["export", "--gpu", target, "--db", url, "--out", str(out), "--extra-specs", FAKE_SPECS]
+        + (["--allow-interpreter-timings"] if interpret else [])
     )
     assert exported.exit_code == 0, exported.output
     (entry,) = json.loads(next(out.glob("*/fake_faults.json")).read_text())["entries"]
@@ -408,19 +389,23 @@ def test_cli_refuses_a_gpu_sweep_without_a_gpu(tmp_path):
     "args, message",
     [
         (["--strategy", "grid", "--trials", "5"], "--trials sets the TPE budget"),
-        (["--preset", "nope"], "unknown preset 'nope'"),
         (["--kernels", "nope"], "unknown kernel(s) nope"),
         (["--budget", "soon"], "not a duration: 'soon'"),
         (["--workers", "two"], "--workers must be a positive number or auto"),
         (["--shape", "H=16,HV=32"], "missing K, V, T"),
     ],
-    ids=["trials-with-grid", "unknown-preset", "unknown-kernel", "bad-budget", "bad-workers", "short-shape"],
+    ids=["trials-with-grid", "unknown-kernel", "bad-budget", "bad-workers", "short-shape"],
 )
 def test_bad_sweep_arguments_are_clear_errors(tmp_path, args, message):
     result = _invoke(
         ["sweep", "--gpu", "h200", "--interpret", "--db", f"sqlite:///{tmp_path / 'x.db'}", *args]
     )
     assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_an_unknown_preset_is_a_usage_error_naming_the_presets(tmp_path):
+    result = _invoke(["sweep", "--gpu", "h200", "--interpret", "--preset", "nope"])
+    assert result.exit_code == 2 and "'nope' is not one of" in result.output and "'smoke'" in result.output
 
 
 def test_duration_and_shape_parsing():

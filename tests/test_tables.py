@@ -15,8 +15,9 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from _helpers import MADE_WITH
 
-from gdn_kernels import _tables
+from gdn_kernels import Workload, _tables, kernel_specs
 from gdn_kernels._launch import launch
 from gdn_kernels._spec import (
     Config,
@@ -51,14 +52,6 @@ from gdn_tune.tables import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-MADE_WITH = {
-    "gpu": "NVIDIA H200",
-    "compute_capability": "9.0",
-    "triton": "3.6.0",
-    "torch": "2.13.0",
-    "cuda": "12.8",
-    "date": "2026-01-31",
-}
 CPU = torch.device("cpu")
 
 
@@ -228,6 +221,8 @@ FILE_CASES = [
     ("path-like-gpu-name", lambda d: d["made_with"].update(gpu="../../etc") or d, "made_with.gpu"),
     ("missing-kernel-hash", lambda d: d["made_with"].pop("kernel_hash") and d, "made_with.kernel_hash"),
     ("missing-made-with", lambda d: d.pop("made_with") and d, "made_with"),
+    ("interpret-not-boolean", lambda d: d["made_with"].update(interpret="no") or d, "made_with.interpret"),
+    ("sweep-id-not-a-number", lambda d: d["made_with"].update(sweep_id="1") or d, "made_with.sweep_id"),
 ]
 
 
@@ -427,6 +422,27 @@ def test_cpu_device_without_arch_uses_defaults_silently(tmp_path, monkeypatch, c
     assert "cpu device" in report_for(rowsum_key(64)).reason
 
 
+@pytest.mark.parametrize("K", [16, 32, 64, 128, 256])
+def test_the_default_of_every_key_is_a_config_its_space_accepts(K):
+    # The defaults are chosen for K = V = 128; chunk_wu's and chunk_kkt_solve's BK 64 exceed pow2(K)
+    # at the smoke preset's K = V = 32, and at K = 16 no BK candidate is small enough.
+    for spec in kernel_specs().values():
+        for workload in (Workload(1, 2, K, K, tokens=100), Workload(1, 2, K, K, 3, 3, phase="decode")):
+            if workload.phase in spec.phases:
+                key = spec.key_for(workload)
+                assert not spec.space.problems(spec.default_for(key), key), (spec.name, key.label)
+
+
+def test_a_key_without_a_table_entry_runs_the_default_its_space_accepts(tables, monkeypatch):
+    wu = kernel_specs()["chunk_wu"]
+    key = wu.key_for(Workload(1, 2, 32, 32, tokens=100))
+    assert wu.space.problems(wu.default, key)  # BK 64, BV 64 at K = V = 32
+    write_table(tables, "sm90", wu, [], MADE_WITH)  # a table, but no entry of this shape
+    config, messages = resolve_quietly(wu, key)
+    assert config == Config.of(BK=32, BV=32, num_warps=4, num_stages=2) and messages == []
+    assert report_for(key).source == "default"
+
+
 def test_arch_without_tables_warns_once(tables):
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -435,6 +451,42 @@ def test_arch_without_tables_warns_once(tables):
         assert resolve_config(GATING, gating_key(64), CPU) == GATING.default
     (message,) = table_warnings(record)
     assert "no tables for sm90" in message
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_a_config_dir_on_a_cpu_device_without_an_arch_says_it_is_ignored(tmp_path, monkeypatch, strict):
+    write_table(tmp_path, "sm90", GATING, [entry(gating_key(64), BLOCK=256, num_warps=1)], MADE_WITH)
+    monkeypatch.setenv(_tables.ENV_CONFIG_DIR, str(tmp_path))
+    if strict:
+        monkeypatch.setenv(_tables.ENV_STRICT, "1")
+        with pytest.raises(
+            TableError, match=r"GDN_TUNE_CONFIG_DIR=.* is ignored on a cpu device.*GDN_TUNE_ARCH"
+        ):
+            resolve_config(GATING, gating_key(64), CPU)
+        return
+    config, messages = resolve_quietly(GATING, gating_key(64))
+    assert config == GATING.default
+    assert (
+        len(messages) == 1 and "is ignored on a cpu device" in messages[0] and "GDN_TUNE_ARCH" in messages[0]
+    )
+    assert resolve_quietly(GATING, gating_key(128))[1] == []  # once per process
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_a_table_file_for_an_unknown_kernel_is_reported(tables, monkeypatch, strict):
+    write_table(tables, "sm90", GATING, [entry(gating_key(64), BLOCK=256, num_warps=1)], MADE_WITH)
+    stray = tables / "sm90" / "chunk_stat.json"  # a typo: no kernel reads it
+    stray.write_text((tables / "sm90" / "gdn_gating.json").read_text())
+    if strict:
+        monkeypatch.setenv(_tables.ENV_STRICT, "1")
+        for _ in range(2):  # every call, until the file is gone
+            with pytest.raises(TableError, match=r"chunk_stat\.json: no kernel is named 'chunk_stat'"):
+                resolve_config(GATING, gating_key(64), CPU)
+        return
+    config, messages = resolve_quietly(GATING, gating_key(64))
+    assert config == Config.of(BLOCK=256, num_warps=1, num_stages=1)  # the valid table is still used
+    assert len(messages) == 1 and "chunk_stat.json: no kernel is named 'chunk_stat'" in messages[0]
+    assert resolve_quietly(ROWSUM, rowsum_key(64))[1] == []  # fake_rowsum is a kernel; reported once
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])

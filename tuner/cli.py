@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -11,17 +12,30 @@ from gdn_kernels._targets import GpuTarget, UnknownTargetError
 
 
 class TargetType(click.ParamType):
-    """A GPU target by name; an unknown name fails with the list of known ones."""
+    """A GPU target by name (or, with `auto`, the word "auto": the GPU present); an unknown name is a
+    usage error (exit 2) listing the known ones, in every command that takes one."""
 
     name = "gpu"
+
+    def __init__(self, auto: bool = False) -> None:
+        self.auto = auto
 
     def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
         if isinstance(value, GpuTarget):
             return value
+        if self.auto and value.lower() == "auto":
+            return "auto"
         try:
             return target_by_name(value)
         except UnknownTargetError as e:
-            self.fail(str(e), param, ctx)
+            self.fail(f"{e}{', or auto' if self.auto else ''}", param, ctx)
+
+
+def preset_option(help_text: str) -> Any:
+    """`--preset NAME`, one of the presets (listed in --help; another name is a usage error, exit 2)."""
+    from gdn_tune.presets import PRESETS
+
+    return click.option("--preset", type=click.Choice(list(PRESETS)), help=help_text)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")

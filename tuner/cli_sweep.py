@@ -13,9 +13,13 @@ from typing import Any
 import click
 
 from gdn_kernels import Workload
+from gdn_kernels._files import FileWriteError, replaced_atomically
 
-from .cli import TargetType, json_option
-from .storage import DEFAULT_DB_URL, Storage, StorageError
+from .cli import TargetType, json_option, preset_option
+from .constants import DEFAULT_DB_URL, TRIAL_COLUMNS
+from .strategies.tpe import TpeStrategy
+
+TPE_DEFAULT_TRIALS = TpeStrategy.options["trials"][1]
 
 db_option = click.option(
     "--db",
@@ -138,11 +142,13 @@ class _ProgressLine:
 
 @click.command()
 @click.option(
-    "--gpu", "gpu", required=True, help="Target to tune (gdn-tune targets), or 'auto' for the GPU present."
+    "--gpu",
+    "gpu",
+    required=True,
+    type=TargetType(auto=True),
+    help="Target to tune (gdn-tune targets), or 'auto' for the GPU present.",
 )
-@click.option(
-    "--preset", help="Shapes of a preset (default: 'default', every model; 'smoke' under --interpret)."
-)
+@preset_option("Shapes of a preset (default: 'default', every model; 'smoke' under --interpret).")
 @click.option(
     "--shape",
     "shapes",
@@ -152,7 +158,11 @@ class _ProgressLine:
 )
 @click.option("--kernels", help="Comma-separated kernel names (default: all).")
 @click.option("--strategy", type=click.Choice(["grid", "tpe"]), default="grid", show_default=True)
-@click.option("--trials", type=click.IntRange(min=1), help="TPE: configs measured per problem.")
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    help=f"TPE: configs measured per problem, the default's included (default {TPE_DEFAULT_TRIALS}).",
+)
 @click.option("--budget", help="Stop asking for trials after this long (e.g. 20m); re-run to continue.")
 @db_option
 @click.option(
@@ -180,7 +190,7 @@ class _ProgressLine:
 @extra_specs_option
 @json_option
 def sweep(
-    gpu: str,
+    gpu: Any,
     preset: str | None,
     shapes: tuple[str, ...],
     kernels: str | None,
@@ -202,7 +212,7 @@ def sweep(
     as they finish: the same command again continues a stopped sweep without measuring anything twice.
     The same command on other hosts, with the same PostgreSQL --db, joins the sweep and shares its work.
     """
-    from .storage import DEFAULT_CLAIM_GRACE_S
+    from .storage import DEFAULT_CLAIM_GRACE_S, StorageError
     from .sweep import GpuMismatchError, run_sweep
     from .worker import DEFAULT_TRIAL_TIMEOUT_S
 
@@ -276,6 +286,20 @@ def sweep(
 )
 @click.option("--dry-run", is_flag=True, help="Print the diff of what would change; write nothing.")
 @click.option("--per-device", is_flag=True, help="Write into the GPU's own folder (sm90/NVIDIA_H200/).")
+@click.option(
+    "--sweep",
+    "sweep_ids",
+    type=int,
+    multiple=True,
+    metavar="ID",
+    help="Export only this sweep's winners (repeatable; gdn-tune status lists them). Default: every sweep.",
+)
+@click.option(
+    "--allow-interpreter-timings",
+    is_flag=True,
+    help="Also write winners of --interpret sweeps, whose times are CPU wall clock, not GPU timings. "
+    "For pipeline checks only: such tables must never ship (gdn-tune check refuses them).",
+)
 @extra_specs_option
 @json_option
 def export(
@@ -284,15 +308,35 @@ def export(
     out_dir: Path,
     dry_run: bool,
     per_device: bool,
+    sweep_ids: tuple[int, ...],
+    allow_interpreter_timings: bool,
     extra_specs: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Write the winners of the target's sweeps into its tables, merged with what is there."""
-    from .export import export_tables
+    """Write the winners of the target's sweeps into its tables, merged with what is there.
+
+    A table records the one GPU its entries were measured on: winners of interpreter sweeps are left
+    out unless --allow-interpreter-timings, and an export that would mix two GPUs (or a GPU and the
+    interpreter) in one file is refused before anything is written.
+    """
+    from .export import ExportRefused, export_tables
+    from .results import UnknownSweepError
+    from .storage import StorageError
 
     try:
-        result = export_tables(db_url, target, out_dir, dry_run, per_device, extra_specs)
-    except (ValueError, StorageError) as e:
+        result = export_tables(
+            db_url,
+            target,
+            out_dir,
+            dry_run,
+            per_device,
+            extra_specs,
+            allow_interpreter_timings=allow_interpreter_timings,
+            sweep_ids=sweep_ids,
+        )
+    except (ExportRefused, UnknownSweepError) as e:
+        raise click.UsageError(str(e)) from None
+    except (ValueError, StorageError, FileWriteError) as e:
         raise click.ClickException(str(e)) from e
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -312,6 +356,7 @@ def export(
 def status(db_url: str, as_json: bool) -> None:
     """Sweeps in the database and their progress."""
     from .results import sweep_rows
+    from .storage import Storage, StorageError
 
     try:
         rows = sweep_rows(Storage(db_url, must_exist=True))
@@ -340,8 +385,6 @@ def status(db_url: str, as_json: bool) -> None:
 
 
 def _trials_help() -> str:
-    from .results import TRIAL_COLUMNS
-
     columns = "\n".join(f"  {name}: {what}" for name, what in TRIAL_COLUMNS.items())
     return f"Every trial as a Parquet file (pyarrow), one row per trial.\n\nColumns:\n\n\b\n{columns}"
 
@@ -351,11 +394,14 @@ def _trials_help() -> str:
 @click.option("--sweep", "sweep_id", type=int, help="Only this sweep's trials.")
 @db_option
 def trials(path: str, sweep_id: int | None, db_url: str) -> None:
-    from .results import write_trials_parquet
+    from .results import UnknownSweepError, write_trials_parquet
+    from .storage import Storage, StorageError
 
     try:
         count = write_trials_parquet(Storage(db_url, must_exist=True), path, sweep_id)
-    except StorageError as e:
+    except UnknownSweepError as e:
+        raise click.UsageError(str(e)) from None
+    except (StorageError, FileWriteError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"wrote {count} trials to {path}")
 
@@ -372,7 +418,9 @@ def trials(path: str, sweep_id: int | None, db_url: str) -> None:
 def report(target: Any, db_url: str, png: str | None, as_json: bool) -> None:
     """Per kernel and shape: the winner, its time, the default's, and the speedup over the default."""
     from .results import config_text, winners
+    from .storage import Storage, StorageError
 
+    pyplot = _pyplot() if png else None  # before any output: a missing matplotlib fails first
     try:
         rows = winners(Storage(db_url, must_exist=True), target.name if target else None)
     except StorageError as e:
@@ -381,12 +429,14 @@ def report(target: Any, db_url: str, png: str | None, as_json: bool) -> None:
     for row in rows:  # a later sweep of the same target, kernel and key replaces the earlier one
         latest[(row.target, row.kernel, row.key)] = row
     rows = list(latest.values())
+    # Key and config as objects, as `gdn-tune show --json` gives them.
     table = [
         {
             "target": r.target,
+            "gpu_name": r.gpu_name,
             "kernel": r.kernel,
-            "key": r.key.label,
-            "config": config_text(r.config),
+            "key": r.key.as_dict(),
+            "config": r.config.as_dict(),
             "time_ms": r.time_ms,
             "default_time_ms": r.default_time_ms,
             "speedup": r.speedup,
@@ -395,6 +445,12 @@ def report(target: Any, db_url: str, png: str | None, as_json: bool) -> None:
         }
         for r in rows
     ]
+    if pyplot is not None and png is not None:
+        # Written before the table is printed, so an unwritable path fails with nothing printed.
+        try:
+            _plot_speedups(pyplot, table, Path(png))
+        except FileWriteError as e:
+            raise click.ClickException(str(e)) from e
     if as_json:
         click.echo(json.dumps(table, indent=2))
     elif not table:
@@ -403,20 +459,20 @@ def report(target: Any, db_url: str, png: str | None, as_json: bool) -> None:
         click.echo(
             f"{'target':<8} {'kernel':<22} {'time ms':>10} {'default':>10} {'speedup':>8}  key / config"
         )
-        for r in table:
+        for row, r in zip(rows, table, strict=True):
             default = f"{r['default_time_ms']:.4g}" if r["default_time_ms"] is not None else "-"
             speedup = f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-"
             click.echo(
                 f"{r['target']:<8} {r['kernel']:<22} {r['time_ms']:>10.4g} {default:>10} {speedup:>8}  "
-                f"{r['key']} / {r['config']}"
+                f"{row.key.label} / {config_text(row.config)}"
             )
         if any(r["interpret"] for r in table):
             click.echo("(interpreter sweeps: times are CPU wall clock, not GPU timings)")
     if png:
-        _plot_speedups(table, png)
+        click.echo(f"wrote {png}", err=as_json)  # on stderr with --json, which keeps stdout JSON
 
 
-def _plot_speedups(table: list[dict[str, Any]], path: str) -> None:
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -426,14 +482,24 @@ def _plot_speedups(table: list[dict[str, Any]], path: str) -> None:
         raise click.ClickException(
             "--png needs matplotlib, which gdn-tune does not depend on: pip install matplotlib"
         ) from None
+    return plt
+
+
+def _plot_speedups(plt: Any, table: list[dict[str, Any]], path: Path) -> None:
+    """One bar per winner: its speedup over the default config; the line at 1× is the default."""
     rows = [r for r in table if r["speedup"] is not None]
     fig, ax = plt.subplots(figsize=(10, max(2.0, 0.25 * len(rows) + 1)))
-    ax.barh([f"{r['kernel']} {r['key']}" for r in rows], [r["speedup"] for r in rows])
+    labels = [f"{r['kernel']} " + "-".join(f"{k}={v}" for k, v in r["key"].items()) for r in rows]
+    ax.barh(labels, [r["speedup"] for r in rows])
     ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xlabel("speedup of the winner over the default config")
+    measured = sorted({f"{r['target']} ({r['gpu_name']})" for r in table})
+    timing = ", CPU wall clock of the interpreter" if any(r["interpret"] for r in table) else ""
+    ax.set_title(f"gdn-tune report: {', '.join(measured) or 'no winners'}{timing}")
+    ax.set_xlabel("speedup over the default config (× = default's time / winner's time, each re-timed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    click.echo(f"wrote {path}")
+    with replaced_atomically(path) as temp:
+        fig.savefig(temp, dpi=120, format="png")  # the temporary name has no .png to go by
+    plt.close(fig)
 
 
 def _seconds_line(seconds: dict[str, float]) -> str:

@@ -11,8 +11,8 @@ from typing import Any
 import click
 
 from gdn_kernels._targets import ARCHS
+from gdn_tune.cli import preset_option
 from gdn_tune.presets import UnknownPresetError
-from gdn_tune.tables import check_tables, diff_tables, show_tables
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 config_dir_option = click.option(
@@ -48,21 +48,36 @@ def _label(mapping: dict[str, Any] | None) -> str:
     help="Arch to check; 'all' checks every arch folder present.",
 )
 @config_dir_option
-@click.option("--preset", default=None, help="Report how many of this preset's keys have an exact entry.")
+@preset_option("Report how many of this preset's keys have an exact entry.")
 @click.option("--strict", is_flag=True, help="Exit non-zero on any problem (CI and releases).")
 @click.option("--no-compile", is_flag=True, help="Skip compiling entries for their target (faster).")
+@click.option(
+    "--allow-interpreter-timings",
+    is_flag=True,
+    help="Accept tables timed under the Triton interpreter (CPU wall clock), as pipeline tests write them.",
+)
 @json_option
 def check(
-    arch: str, config_dir: Path | None, preset: str | None, strict: bool, no_compile: bool, as_json: bool
+    arch: str,
+    config_dir: Path | None,
+    preset: str | None,
+    strict: bool,
+    no_compile: bool,
+    allow_interpreter_timings: bool,
+    as_json: bool,
 ) -> None:
     """Validate the tables, compile every entry for its arch and check it fits shared memory (no GPU
-    needed), report stale tables (made for another version of a kernel) and a preset's coverage."""
+    needed), check each table's provenance (GPU timings of its arch, recorded), report stale tables
+    (made for another version of a kernel) and a preset's coverage."""
+    from gdn_tune.tables import check_tables  # imports torch and triton: only for the command itself
+
     try:
         report = check_tables(
             config_dir,
             archs=None if arch == "all" else [arch],
             preset=preset,
             compile_entries=not no_compile,
+            allow_interpreter_timings=allow_interpreter_timings,
         )
     except (ValueError, UnknownPresetError) as e:
         raise click.ClickException(str(e)) from None
@@ -91,6 +106,8 @@ def check(
 @json_option
 def show(arch: str | None, kernel: str | None, config_dir: Path | None, as_json: bool) -> None:
     """The entries of the tables: key, config, time and speedup over the kernel's default config."""
+    from gdn_tune.tables import show_tables
+
     try:
         rows, problems = show_tables(config_dir, arch=arch, kernel=kernel)
     except ValueError as e:
@@ -119,6 +136,8 @@ def show(arch: str | None, kernel: str | None, config_dir: Path | None, as_json:
 def diff(dir_a: Path, dir_b: Path, as_json: bool) -> None:
     """What changed from the tables in DIR_A to those in DIR_B: added, removed, changed and retimed
     entries, with the speedup over the default on each side."""
+    from gdn_tune.tables import diff_tables
+
     try:
         result = diff_tables(dir_a, dir_b)
     except ValueError as e:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from gdn_kernels import Config, Key
+from gdn_kernels._files import replaced_atomically
 
+from .constants import TRIAL_COLUMNS
 from .storage import (
     ProblemModel,
     Storage,
@@ -25,6 +28,10 @@ from .storage import (
     database_now,
     key_from_json,
 )
+
+
+class UnknownSweepError(ValueError):
+    """A sweep id given on the command line names no sweep (of the target) in the database."""
 
 
 @dataclass(frozen=True)
@@ -162,35 +169,6 @@ def sweep_rows(storage: Storage) -> list[dict[str, Any]]:
     ]
 
 
-# Columns of `gdn-tune trials --parquet`, in order, with what each holds (the command's help and
-# docs/sweep.md list them from here).
-TRIAL_COLUMNS: dict[str, str] = {
-    "sweep_id": "id of the sweep (gdn-tune status)",
-    "target": "GPU target swept (h200, b200, ...)",
-    "gpu_name": "name of the GPU that ran the trial",
-    "interpret": "true when run under the Triton interpreter (times are CPU wall clock)",
-    "kernel": "kernel name",
-    "kernel_hash": "hash of the kernel's source and search space",
-    "key": "lookup key, JSON object in the kernel's field order",
-    "config": "config, JSON object sorted by parameter",
-    "is_default": "the config is the kernel's default",
-    "is_winner": "the config won its problem",
-    "status": "ok, infeasible, wrong, crashed or timeout",
-    "median_ms": "median time per launch, ms (ok trials)",
-    "min_ms": "fastest repetition, ms",
-    "max_ms": "slowest repetition, ms",
-    "spread_ms": "interquartile range of the repetitions, ms",
-    "repetitions": "timed repetitions",
-    "retimed_ms": "median of the interleaved re-timing before the pick, ms (top candidates and default)",
-    "rel_error": "worst relative L2 error against the float64 reference",
-    "compile_seconds": "time to compile for the target before any launch, s",
-    "shared_bytes": "shared memory the compiled kernel needs, bytes",
-    "error": "why it failed (compile error, reference mismatch, signal, timeout)",
-    "finished_at": "when the trial was committed (UTC)",
-    "worker": "process and GPU that measured it, host:pid:tag/gpuN (cpuN under the interpreter)",
-}
-
-
 def trial_rows(storage: Storage, sweep_id: int | None = None) -> list[dict[str, Any]]:
     """Every trial (of one sweep when given), one dict per trial with the TRIAL_COLUMNS."""
     query = (
@@ -233,11 +211,21 @@ def trial_rows(storage: Storage, sweep_id: int | None = None) -> list[dict[str, 
         ]
 
 
-def write_trials_parquet(storage: Storage, path: str, sweep_id: int | None = None) -> int:
-    """Every trial as a Parquet file with the TRIAL_COLUMNS; returns the number of rows."""
+def write_trials_parquet(storage: Storage, path: str | Path, sweep_id: int | None = None) -> int:
+    """Every trial as a Parquet file with the TRIAL_COLUMNS; returns the number of rows. FileWriteError
+    names `path` when it cannot be written; UnknownSweepError, before anything is written, when
+    `sweep_id` names no sweep."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if sweep_id is not None:
+        with storage.session("read the sweeps") as session:
+            known = list(session.scalars(sa.select(SweepModel.id).order_by(SweepModel.id)))
+        if sweep_id not in known:
+            raise UnknownSweepError(
+                f"--sweep {sweep_id}: no such sweep in {storage.display_url} "
+                f"(sweeps: {', '.join(map(str, known)) or 'none'})"
+            )
     rows = trial_rows(storage, sweep_id)
     schema = pa.schema(
         [
@@ -268,7 +256,8 @@ def write_trials_parquet(storage: Storage, path: str, sweep_id: int | None = Non
     )
     assert schema.names == list(TRIAL_COLUMNS), "TRIAL_COLUMNS and the Parquet schema must agree"
     table = pa.Table.from_pylist(rows, schema=schema)
-    pq.write_table(table, path)
+    with replaced_atomically(Path(path)) as temp:  # a failed write leaves no half-written file
+        pq.write_table(table, str(temp))
     return len(rows)
 
 

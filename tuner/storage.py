@@ -41,7 +41,8 @@ from sqlalchemy.pool import StaticPool
 
 from gdn_kernels import Config, Key
 
-DEFAULT_DB_URL = "sqlite:///gdn_tune.db"
+from .constants import DEFAULT_DB_URL
+
 # How long a SQLite connection waits on another writer's lock before failing. Only the sweep's main
 # process writes, so this covers readers (`gdn-tune status` during a sweep) and Optuna's own engine.
 SQLITE_BUSY_TIMEOUT_S = 30

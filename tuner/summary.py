@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from gdn_kernels._files import write_text_atomically
+
 from .results import sweep_rows, trial_rows, winners
 from .storage import Storage, TrialStatus
 
@@ -64,7 +66,7 @@ def sweep_summary(storage: Storage, target: str | None = None) -> dict[str, Any]
                 "problems": set(),
                 "trials": Counter(),
                 "compile_s": 0.0,
-                "timed_gpu_s": 0.0,
+                "timed_s": 0.0,
                 "measure_wall_s": 0.0,
                 "speedups": [],
             },
@@ -73,7 +75,7 @@ def sweep_summary(storage: Storage, target: str | None = None) -> dict[str, Any]
         row["trials"][t["status"]] += 1
         row["compile_s"] += t["compile_seconds"] or 0.0
         if t["median_ms"] is not None and t["repetitions"]:
-            row["timed_gpu_s"] += t["median_ms"] * t["repetitions"] / 1e3
+            row["timed_s"] += t["median_ms"] * t["repetitions"] / 1e3
         if t["status"] != TrialStatus.OK:
             failures[(t["kernel"], t["status"], failure_kind(t["status"], t["error"]))] += 1
         if t["finished_at"] is not None:
@@ -90,8 +92,14 @@ def sweep_summary(storage: Storage, target: str | None = None) -> dict[str, Any]
         if w.kernel in kernels and w.speedup is not None:
             kernels[w.kernel]["speedups"].append(w.speedup)
     winners_by_kernel = Counter(w.kernel for w in won)
+    interpreted = {s["interpret"] for s in sweeps}
+    # What the timed replays ran on: an interpreter sweep's times are the CPU's wall clock.
+    timing = (
+        "gpu and interpreter" if len(interpreted) > 1 else "interpreter" if True in interpreted else "gpu"
+    )
     return {
         "target": target,
+        "timing": timing,
         "sweeps": sweeps,
         "kernels": {
             name: {
@@ -99,7 +107,7 @@ def sweep_summary(storage: Storage, target: str | None = None) -> dict[str, Any]
                 "with_winner": winners_by_kernel[name],
                 "trials": {s: row["trials"][s] for s in STATUSES},
                 "compile_s": row["compile_s"],
-                "timed_gpu_s": row["timed_gpu_s"],
+                "timed_s": row["timed_s"],
                 "measure_wall_s": row["measure_wall_s"],
                 "median_speedup": statistics.median(row["speedups"]) if row["speedups"] else None,
             }
@@ -120,13 +128,30 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
+# What the page calls the timed replays' time, by where they ran (`sweep_summary`'s "timing").
+TIMED_LABELS = {
+    "gpu": ("timed GPU", "timed GPU time is the timed replays alone (median × repetitions)"),
+    "interpreter": (
+        "timed CPU (interpreter)",
+        "timed CPU time is the timed runs alone (median × repetitions), under the Triton interpreter: "
+        "CPU wall clock, not GPU time",
+    ),
+    "gpu and interpreter": (
+        "timed GPU + CPU (interpreter)",
+        "timed time is the timed replays alone (median × repetitions), GPU time for GPU sweeps and CPU "
+        "wall clock for interpreter sweeps",
+    ),
+}
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The summary as a Markdown page."""
+    timed_column, timed_text = TIMED_LABELS[summary["timing"]]
     lines = [f"# Sweep summary{': ' + summary['target'] if summary['target'] else ''}", ""]
     lines += [
         "Written by `gdn-tune summary` from the sweep database, which stays out of the repository. "
-        "Compile time is CPU time of the compile pool (summed over processes); timed GPU time is the "
-        "timed replays alone (median × repetitions); measuring wall time charges each trial the time "
+        f"Compile time is CPU time of the compile pool (summed over processes); {timed_text}; "
+        "measuring wall time charges each trial the time "
         f"since the previous commit of its sweep (gaps over {RUN_GAP_S:.0f} s are pauses between runs).",
         "",
         "## Sweeps",
@@ -145,7 +170,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "## Per kernel",
         "",
         "| kernel | problems | with winner | trials | " + " | ".join(STATUSES) + " | compile (CPU) | "
-        "timed GPU | measuring wall | median speedup over default |",
+        f"{timed_column} | measuring wall | median speedup over default |",
         "| --- " * (8 + len(STATUSES)) + "|",
     ]
     totals = Counter()
@@ -155,15 +180,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {k['problems']} | {k['with_winner']} | {count} | "
             + " | ".join(str(k["trials"][s]) for s in STATUSES)
-            + f" | {_hours(k['compile_s'])} | {_hours(k['timed_gpu_s'])} | {_hours(k['measure_wall_s'])} | {speedup} |"
+            + f" | {_hours(k['compile_s'])} | {_hours(k['timed_s'])} | {_hours(k['measure_wall_s'])} | {speedup} |"
         )
         totals.update({"problems": k["problems"], "with_winner": k["with_winner"], "trials": count})
         totals.update({s: k["trials"][s] for s in STATUSES})
-        totals.update({f: k[f] for f in ("compile_s", "timed_gpu_s", "measure_wall_s")})
+        totals.update({f: k[f] for f in ("compile_s", "timed_s", "measure_wall_s")})
     lines.append(
         f"| **all** | {totals['problems']} | {totals['with_winner']} | {totals['trials']} | "
         + " | ".join(str(totals[s]) for s in STATUSES)
-        + f" | {_hours(totals['compile_s'])} | {_hours(totals['timed_gpu_s'])} | {_hours(totals['measure_wall_s'])} | |"
+        + f" | {_hours(totals['compile_s'])} | {_hours(totals['timed_s'])} | {_hours(totals['measure_wall_s'])} | |"
     )
     lines += ["", "## Failures by kind", ""]
     if not summary["failures"]:
@@ -180,10 +205,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def write_summary(storage: Storage, out: Path, target: str | None = None) -> dict[str, Any]:
-    """Write the summary page to `out` (atomically: a temp file, then a rename) and return its data."""
+    """Write the summary page to `out` (atomically: a temp file, then a rename) and return its data;
+    FileWriteError names `out` when it cannot be written."""
     summary = sweep_summary(storage, target)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(out.name + ".tmp")
-    temporary.write_text(summary_markdown(summary), encoding="utf-8")
-    temporary.replace(out)
+    write_text_atomically(out, summary_markdown(summary))
     return summary

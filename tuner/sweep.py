@@ -34,6 +34,7 @@ from gdn_kernels._tables import BUCKET_FIELDS
 from gdn_kernels._targets import TARGETS, target_for_device
 
 from .compile_pool import CompileJob, compile_all
+from .constants import INTERPRETER_GPU_NAME
 from .measure import charged
 from .presets import preset_by_name
 from .specs import available_specs, extra_spec_paths
@@ -69,8 +70,6 @@ TOP_CANDIDATES = 3
 # Replay budget of one trial on the GPU (see measure.CUDA_BUDGET_MS); under the interpreter the
 # repetition count is fixed instead.
 TRIAL_BUDGET_MS = 100.0
-# What a sweep under the interpreter records as its GPU: a valid device name (tables check it).
-INTERPRETER_GPU_NAME = "TRITON_INTERPRET CPU"
 
 
 class GpuMismatchError(ValueError):
@@ -197,6 +196,11 @@ class _Plan:
     @property
     def label(self) -> str:
         return f"{self.spec.name} {self.key.label}"
+
+    @property
+    def default(self) -> Config:
+        """The default config of this key, one the space accepts (`KernelSpec.default_for`)."""
+        return self.spec.default_for(self.key)
 
 
 def plan_problems(specs: Sequence[KernelSpec], workloads: Sequence[Workload]) -> list[_Plan]:
@@ -372,7 +376,7 @@ def _compile_phase(run: _Run, target: GpuTarget, extra_paths: Sequence[str], pro
     jobs: list[CompileJob] = []
     plan_of: dict[CompileJob, _Plan] = {}
     for plan in run.plans:
-        for config in dict.fromkeys([plan.spec.default, *plan.spec.space.candidates(plan.key)]):
+        for config in dict.fromkeys([plan.default, *plan.spec.space.candidates(plan.key)]):
             if config not in plan.trials:
                 job = CompileJob(plan.spec.name, plan.key, config)
                 jobs.append(job)
@@ -417,7 +421,7 @@ def _unrecorded_infeasible(run: _Run, plan: _Plan) -> list[Config]:
     """Configs that failed to compile and are not yet in the database."""
     assert plan.problem is not None
     pid = plan.problem.id
-    configs = dict.fromkeys([plan.spec.default, *plan.spec.space.candidates(plan.key)])
+    configs = dict.fromkeys([plan.default, *plan.spec.space.candidates(plan.key)])
     return [
         c
         for c in configs
@@ -440,14 +444,14 @@ def _refresh_feasible(run: _Run, plan: _Plan) -> None:
         return result is None or result.ok
 
     plan.feasible = [c for c in plan.spec.space.candidates(plan.key) if usable(c)]
-    plan.default_feasible = usable(plan.spec.default)
+    plan.default_feasible = usable(plan.default)
 
 
 def _planned_trials(plan: _Plan, strategy: str, settings: Mapping[str, Any]) -> int:
     """Trials this run will measure for `plan` (for TPE an upper bound: it may converge sooner)."""
     todo = {c for c in plan.feasible if c not in plan.trials}
-    if plan.default_feasible and plan.spec.default not in plan.trials:
-        todo.add(plan.spec.default)  # measured first, whatever the strategy
+    if plan.default_feasible and plan.default not in plan.trials:
+        todo.add(plan.default)  # measured first, whatever the strategy
     if strategy == "tpe":  # the budget counts everything measured, the default included
         measured = sum(t.status != TrialStatus.INFEASIBLE for t in plan.trials.values())
         return min(len(todo), max(0, int(settings["trials"]) - measured))
@@ -568,7 +572,7 @@ class _Scheduler:
                 continue
             active = _Active(plan, index)
             self.active[claim.problem_id] = active
-            if not (plan.default_feasible and plan.spec.default not in plan.trials):
+            if not (plan.default_feasible and plan.default not in plan.trials):
                 active.stage = "search"
                 active.search = self.search_for(plan)
             return active
@@ -618,7 +622,7 @@ class _Scheduler:
         if active.stage == "default":
             if active.in_flight or run.out_of_budget():
                 return None  # the default is measured alone: the search then knows its time
-            return self._trial_task(active, plan.spec.default)
+            return self._trial_task(active, plan.default)
         if active.stage == "search":
             assert active.search is not None
             with run.clock("strategy"):
@@ -655,7 +659,7 @@ class _Scheduler:
             self._finish(plan)
             return None
         active.top = tuple(ok[: self.top_k])
-        default_trial = plan.trials.get(plan.spec.default)
+        default_trial = plan.trials.get(plan.default)
         default_ok = default_trial is not None and default_trial.status == TrialStatus.OK
         extra = (default_trial,) if default_ok and default_trial not in active.top else ()
         active.retimed = active.top + extra
@@ -681,7 +685,7 @@ class _Scheduler:
             storage.set_retimed(times)
         # A failed re-timing (a worker that died on a config that passed before) keeps the medians.
         winner = min(active.top, key=lambda t: (times[t.id], t.id))
-        default_trial = plan.trials.get(plan.spec.default)
+        default_trial = plan.trials.get(plan.default)
         default_ok = default_trial is not None and default_trial.status == TrialStatus.OK
         default_ms = times.get(default_trial.id) if default_ok and default_trial is not None else None
         storage.set_winner(plan.problem.id, winner.id, times[winner.id], default_ms)
@@ -843,7 +847,7 @@ def run_sweep(
     run = _Run(storage, sweep.id, plans, progress, deadline, claimant_name(secrets.token_hex(3)))
     for plan in plans:
         plan.problem = storage.ensure_problem(
-            sweep.id, plan.spec.name, plan.key, plan.spec.source_hash(), plan.spec.default
+            sweep.id, plan.spec.name, plan.key, plan.spec.source_hash(), plan.default
         )
         plan.trials = {t.config: t for t in storage.trials(plan.problem.id)}
     skipped = sum(len(p.trials) for p in plans)

@@ -32,7 +32,8 @@ from gdn_kernels._tables import (
     load_table,
     shipped_tables_dir,
 )
-from gdn_kernels._targets import ARCHS, TARGETS, GpuTarget
+from gdn_kernels._targets import ARCHS, TARGETS, GpuTarget, arch_for_capability
+from gdn_tune.constants import INTERPRETER_GPU_NAME
 from gdn_tune.presets import preset_by_name
 from gdn_tune.warmup import Variant, _specialisation, _Worker, describe_launch, worker_environment
 
@@ -211,7 +212,8 @@ def table_text(
         seen.add(row.key)
         if row.time_ms is None:
             raise ValueError(f"{spec.name}: entry {row.key.label} has no time_ms")
-    provenance = {"kernel_hash": spec.source_hash(), **made_with}
+    # Every table says whether its times are GPU timings; `gdn-tune check` refuses one that does not.
+    provenance = {"kernel_hash": spec.source_hash(), "interpret": is_interpreter_made(made_with), **made_with}
     header = [
         f'  "schema": {SCHEMA_VERSION}',
         f'  "kernel": {json.dumps(spec.name)}',
@@ -258,6 +260,41 @@ def _check_name(what: str, name: str) -> None:
         raise ValueError(f"{what} must be letters, digits and '_', got {name!r}")
 
 
+class MixedProvenanceError(ValueError):
+    """Entries measured on one GPU (or under the interpreter) would join a table made on another, whose
+    `made_with` can name only one of them; nothing was written."""
+
+
+def is_interpreter_made(made_with: Mapping[str, Any]) -> bool:
+    """Whether a table's times are the interpreter's CPU wall clock: its `interpret` field, or for a
+    file without one, the GPU name an interpreter sweep records (the meaning is the same)."""
+    return bool(made_with.get("interpret", made_with.get("gpu") == INTERPRETER_GPU_NAME))
+
+
+def provenance_source(made_with: Mapping[str, Any]) -> str:
+    """What measured a table's entries, as a reader should see it: a GPU, or the interpreter on the CPU.
+    Two tables' entries may share one file only when this is the same for both."""
+    gpu = str(made_with.get("gpu"))
+    return f"the Triton interpreter on the CPU ({gpu})" if is_interpreter_made(made_with) else gpu
+
+
+def check_same_provenance(
+    path: Path, existing: Table | None, swept_keys: Iterable[Key], made_with: Mapping[str, Any]
+) -> None:
+    """Raise MixedProvenanceError when writing entries made as `made_with` into `path` would keep
+    entries of the existing table that another GPU, or the interpreter, measured."""
+    if existing is None:
+        return
+    kept = set(existing.entries) - set(swept_keys)
+    old, new = provenance_source(existing.made_with), provenance_source(made_with)
+    if kept and old != new:
+        raise MixedProvenanceError(
+            f"{path}: its {len(kept)} other entries were measured on {old}, these on {new}; one table "
+            f"records one GPU's provenance, so they cannot share it. Export into another --out (or "
+            f"--per-device), or delete {path} to replace it"
+        )
+
+
 def merge_entries(existing: Iterable[TableEntry], swept: Iterable[TableEntry]) -> list[TableEntry]:
     """An export's entries: every swept key replaced by its new entry, the other keys kept as they were."""
     merged = {e.key: e for e in existing}
@@ -265,12 +302,17 @@ def merge_entries(existing: Iterable[TableEntry], swept: Iterable[TableEntry]) -
     return list(merged.values())
 
 
-def read_entries(path: Path | str, spec: KernelSpec) -> tuple[list[TableEntry], list[TableProblem]]:
-    """The valid entries of an existing table (none when there is no file), and what was left out."""
+def read_existing(path: Path | str, spec: KernelSpec) -> tuple[Table | None, list[TableProblem]]:
+    """An existing table (None when there is no file or it is unreadable as a whole), and what was left out."""
     path = Path(path)
     if not path.exists():
-        return [], []
-    table, problems = load_table(path, {spec.name: spec})
+        return None, []
+    return load_table(path, {spec.name: spec})
+
+
+def read_entries(path: Path | str, spec: KernelSpec) -> tuple[list[TableEntry], list[TableProblem]]:
+    """The valid entries of an existing table (none when there is no file), and what was left out."""
+    table, problems = read_existing(path, spec)
     entries = [entry for _, entry in table.entries.values()] if table is not None else []
     return entries, problems
 
@@ -286,11 +328,15 @@ def merge_into_table(
     """Export: write `swept` into the existing table, replacing those keys and keeping the others.
 
     Entries of the old file that the current kernel rejects are dropped and returned as problems; the
-    file's `made_with` becomes the new one (the kept entries keep their own times).
+    file's `made_with` becomes the new one (the kept entries keep their own times), so the kept entries
+    must come from the same GPU: MixedProvenanceError otherwise, and nothing is written.
     """
+    swept = list(swept)
     path = table_path(out_dir, arch, spec.name, device_name)
-    existing, problems = read_entries(path, spec)
-    written = write_table(out_dir, arch, spec, merge_entries(existing, swept), made_with, device_name)
+    existing, problems = read_existing(path, spec)
+    check_same_provenance(path, existing, (e.key for e in swept), made_with)
+    kept = [entry for _, entry in existing.entries.values()] if existing is not None else []
+    written = write_table(out_dir, arch, spec, merge_entries(kept, swept), made_with, device_name)
     return written, problems
 
 
@@ -429,17 +475,61 @@ def _compile_entries(spec: KernelSpec, table: Table, target: GpuTarget) -> tuple
     return failures, compiled, max_shared
 
 
+def _provenance_problems(table_file: TableFile, allow_interpreter_timings: bool) -> list[str]:
+    """What is wrong with where a table says its entries come from: a table for a GPU arch must record
+    that its times are GPU timings (`made_with.interpret` false), of a GPU of that arch (and of the GPU
+    its folder names); interpreter timings pass only when asked for."""
+    table = table_file.table
+    assert table is not None
+    made = table.made_with
+    where = f"{table.file}: made_with"
+    problems = []
+    if "interpret" not in made:
+        problems.append(
+            f"{where} does not record whether its times were measured on a GPU or under the interpreter "
+            f"(no 'interpret' field), so its entries' provenance is unknown; export it again from its "
+            f"sweep database"
+        )
+    elif made["interpret"] != (made.get("gpu") == INTERPRETER_GPU_NAME):
+        problems.append(
+            f"{where} contradicts itself: interpret is {str(made['interpret']).lower()} but the GPU is "
+            f"{made.get('gpu')!r}; its entries' provenance is unknown"
+        )
+    if is_interpreter_made(made) and not allow_interpreter_timings:
+        problems.append(
+            f"{where} says its times are the Triton interpreter's CPU wall clock (interpret: true, GPU "
+            f"{made.get('gpu')!r}), not GPU timings: no table for {table_file.arch} may ship them "
+            f"(check --allow-interpreter-timings accepts them for pipeline tests)"
+        )
+    arch = arch_for_capability(tuple(int(part) for part in str(made["compute_capability"]).split(".")))
+    if arch != table_file.arch:
+        problems.append(
+            f"{where}.compute_capability is {made['compute_capability']} ({arch or 'no known arch'}), "
+            f"but the table is for {table_file.arch}"
+        )
+    if table_file.device_folder is not None and not is_interpreter_made(made):
+        named = device_folder_name(str(made["gpu"]))
+        if named != table_file.device_folder:
+            problems.append(
+                f"{where}.gpu is {made['gpu']!r} (folder {named}), but the table lies in the folder of "
+                f"{table_file.device_folder}"
+            )
+    return problems
+
+
 def check_tables(
     root: Path | str | None = None,
     archs: Iterable[str] | None = None,
     preset: str | None = None,
     compile_entries: bool = True,
     specs: Mapping[str, KernelSpec] | None = None,
+    allow_interpreter_timings: bool = False,
 ) -> CheckReport:
     """Validate the tables under `root` (default: the shipped ones), compile every entry for its arch
     and check it fits the target's shared memory, flag tables made for another version of a kernel,
-    and count how many of a preset's keys have an exact entry. `archs` None: every arch folder there;
-    an arch named explicitly with no tables at all is a problem."""
+    check each table's provenance (GPU timings of that arch, unless `allow_interpreter_timings`), and
+    count how many of a preset's keys have an exact entry. `archs` None: every arch folder there; an
+    arch named explicitly with no tables at all is a problem."""
     root = Path(root) if root is not None else shipped_tables_dir()
     specs = kernel_specs() if specs is None else specs
     if not root.is_dir():
@@ -453,6 +543,7 @@ def check_tables(
         stale, compiled, max_shared = False, 0, None
         if table is not None:
             spec = specs[table.kernel]
+            file_problems += _provenance_problems(table_file, allow_interpreter_timings)
             if table.kernel_hash != spec.source_hash():
                 stale = True
                 file_problems.append(
@@ -546,15 +637,21 @@ def show_tables(
     specs: Mapping[str, KernelSpec] | None = None,
 ) -> tuple[list[ShowRow], list[TableProblem]]:
     """The valid entries under `root` (default: the shipped tables), for one arch and kernel when given,
-    plus the problems of the entries and files left out."""
+    plus the problems of the entries and files left out. ValueError when there is nothing to show: no
+    such folder, or no table file for the arch (or kernel) asked for, as `check` and `diff` refuse."""
     specs = kernel_specs() if specs is None else specs
     if kernel is not None and kernel not in specs:
         raise ValueError(f"unknown kernel {kernel!r}; known kernels: {', '.join(specs)}")
     root = Path(root) if root is not None else shipped_tables_dir()
+    if not root.is_dir():
+        raise ValueError(f"table folder {root} does not exist")
+    files = [f for f in read_tables(root, [arch] if arch else None, specs) if kernel in (None, f.kernel)]
+    if not files:
+        what = " ".join(filter(None, (arch, kernel))) or "any arch"
+        found = ", ".join(dict.fromkeys(f.arch for f in read_tables(root, None, specs))) or "none"
+        raise ValueError(f"{root}: no tables for {what} (arch folders with tables there: {found})")
     rows, problems = [], []
-    for table_file in read_tables(root, [arch] if arch else None, specs):
-        if kernel is not None and table_file.kernel != kernel:
-            continue
+    for table_file in files:
         problems += table_file.problems
         if table_file.table is None:
             continue
