@@ -24,7 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._spec import Config, KernelSpec, Key
+from ._registry import kernel_specs
+from ._spec import Config, KernelSpec, Key, declared_kernel_names
 from ._targets import ARCHS, arch_for_capability
 
 if TYPE_CHECKING:
@@ -525,9 +526,6 @@ def _report_unknown_kernels(folder: Path) -> None:
     call looks only for its own kernel's file and would never see it. Once per folder per process."""
     if folder in _scanned or not folder.is_dir():
         return
-    from ._registry import kernel_specs
-    from ._spec import declared_kernel_names
-
     # The registry's kernels and any other spec this process declared (tests, --extra-specs).
     known = set(kernel_specs()) | declared_kernel_names()
     for path in sorted(folder.glob("*.json")):
