@@ -813,7 +813,8 @@ def fused_recurrent_gated_delta_rule(
         q, k, v, g, beta = (_rows_mergeable(x) for x in (q, k, v, g, beta))
         if A_log is not None:
             A_log, dt_bias = A_log.contiguous(), dt_bias.contiguous()
-        packed = q.stride(2) == K and _token_stride(q) != H * K
+        # Packed: q, k, v are views of one projection (at one token no stride tells it, the base does).
+        packed = q._base is not None and q._base is k._base and k._base is v._base
         spec = _spec_of(DecodeVariant(use_gate_in_kernel, packed and use_gate_in_kernel, speculative))
         key = _key(spec, q.dtype, H, HV, K, V, N, state_dtype, state_layout, cdiv(B * T, N))
         # Zero tokens still launch: each program then copies its initial state to final_state.

@@ -151,10 +151,17 @@ def test_smoke_plan_reaches_every_spec_and_workload_with_every_integer_class(tmp
     for kernel in ("chunk_kkt_solve", "chunk_wu", "chunk_state", "chunk_output"):
         classes = {dict(v["args"])["T"][1] % 16 == 0 for v in plan["variants"] if v["kernel"] == kernel}
         assert classes == {True, False}, kernel
-    decode = [v for v in plan["variants"] if v["kernel"] == "fused_recurrent"]
-    assert len(decode) == 1
-    flags = dict(decode[0]["args"])
-    assert flags["USE_STATE_INDICES"] and flags["INPLACE_FINAL_STATE"] and flags["USE_QK_L2NORM"]
+    # One decode kernel serves the plain, gated, packed and speculative paths: one variant each here.
+    decode = [dict(v["args"]) for v in plan["variants"] if v["kernel"] == "fused_recurrent"]
+    plain = [a for a in decode if not a["USE_GATE"]]
+    assert len(plain) == 1 and len(decode) == 4, decode
+    assert {(a["TOKEN_MODE"], a["NULL_SLOT"], a["STATE_VK"]) for a in decode if a["USE_GATE"]} == {
+        (0, -1, True),  # gated, the bf16 [V, K] cache
+        (0, 0, True),  # packed: NULL_BLOCK_ID 0 pads
+        (1, -1, True),  # speculative: a state per token into the cache
+    }
+    flags = plain[0]
+    assert flags["USE_STATE_INDICES"] and flags["FINAL_MODE"] == 2 and flags["USE_QK_L2NORM"]  # in place
     assert all(dict(v["args"]).get("INTERPRETED") in (None, False) for v in plan["variants"])
 
 
@@ -167,7 +174,7 @@ def test_profile_flags_and_kernel_selection_change_the_plan():
     assert {v["kernel"] for v in plan["variants"]} == {"chunk_state"}
     for variant in plan["variants"]:
         args = dict(variant["args"])
-        assert (args["IS_VARLEN"], args["USE_INITIAL_STATE"], args["STORE_FINAL_STATE"]) == (
+        assert (args["IS_VARLEN"], args["USE_INITIAL_STATE"], args["FINAL_MODE"]) == (
             False,
             False,
             False,
@@ -200,7 +207,7 @@ def test_model_and_tp_plan_every_serving_call_of_the_deployments_shapes():
     }
     # Prefill: with and without an initial state, with and without the final state; both gate dtypes
     # give one variant (the rule casts g), bf16 beta another; in-kernel l2norm or not.
-    assert {(a["USE_INITIAL_STATE"], a["STORE_FINAL_STATE"]) for a in args["chunk_state"]} == {
+    assert {(a["USE_INITIAL_STATE"], bool(a["FINAL_MODE"])) for a in args["chunk_state"]} == {
         (True, True),
         (False, True),
         (False, False),
@@ -220,7 +227,9 @@ def test_default_preset_plan_reaches_every_spec_and_workload():
     assert {(k["kernel"], k["key"]) for k in plan["keys"]} == _expected_pairs("default")
     assert [k for k in plan["keys"] if k["source"] == "unreached"] == []
     kernels_with_variants = {v["kernel"] for v in plan["variants"]}
-    assert kernels_with_variants == set(kernel_specs())
+    # The decode paths' specs share fused_recurrent's kernel, whose variants are listed under its name.
+    sharing = {"fused_recurrent_gated", "packed_decode", "spec_decode"}
+    assert kernels_with_variants == set(kernel_specs()) - sharing
 
 
 # A production-like call on real (CPU) tensors, its launches recorded and compiled for sm90 through

@@ -333,7 +333,9 @@ def _prefill_calls(workload: Workload, tokens: int, profile: CallProfile) -> lis
     v = empty(batch, length, HV, V)
     g = empty(batch, length, HV, dt=getattr(torch, profile.gate_dtype))
     beta = empty(batch, length, HV, dt=getattr(torch, profile.beta_dtype))
-    initial_state = empty(sequences, HV, K, V, dt=f32) if profile.initial_state else None
+    state_shape = (sequences, HV, K, V) if workload.state_layout == "kv" else (sequences, HV, V, K)
+    state_dtype = getattr(torch, workload.state_dtype)
+    initial_state = empty(*state_shape, dt=state_dtype) if profile.initial_state else None
     rule_reads = (
         "varlen",
         "index_dtype",
@@ -358,6 +360,7 @@ def _prefill_calls(workload: Workload, tokens: int, profile: CallProfile) -> lis
                 output_final_state=profile.output_final_state,
                 cu_seqlens=cu_seqlens,
                 use_qk_l2norm_in_kernel=profile.qk_l2norm,
+                state_layout=workload.state_layout,
             ),
         ),
     ]
@@ -384,11 +387,13 @@ def _decode_calls(workload: Workload, sequences: int, profile: CallProfile) -> l
     g = empty(batch, length, HV, dt=getattr(torch, profile.gate_dtype))
     beta = empty(batch, length, HV, dt=getattr(torch, profile.beta_dtype))
     cu_seqlens = empty(sequences + 1, dt=index) if profile.decode_varlen else None
+    inner = (HV, K, V) if workload.state_layout == "kv" else (HV, V, K)
+    state_dtype = getattr(torch, workload.state_dtype)
     if profile.decode_state_cache:
         # A cache with more slots than running sequences, gathered and updated in place by slot index.
-        state, indices = empty(2 * sequences, HV, K, V, dt=f32), empty(sequences, dt=index)
+        state, indices = empty(2 * sequences, *inner, dt=state_dtype), empty(sequences, dt=index)
     else:
-        state, indices = empty(sequences, HV, K, V, dt=f32), None
+        state, indices = empty(sequences, *inner, dt=state_dtype), None
     recurrence_reads = (
         "decode_varlen",
         "decode_state_cache",
@@ -413,9 +418,71 @@ def _decode_calls(workload: Workload, sequences: int, profile: CallProfile) -> l
                 use_qk_l2norm_in_kernel=profile.qk_l2norm,
                 ssm_state_indices=indices,
                 inplace_final_state=profile.decode_state_cache,
+                state_layout=workload.state_layout,
             ),
         ),
     ]
+
+
+def _serving_decode_calls(workload: Workload, sequences: int, profile: CallProfile) -> list[PlannedCall]:
+    """The serving engines' decode step (phases decode_gated, decode_packed, spec_decode) of `sequences`
+    sequences, on meta tensors, as their compat entry points make it: gates computed in the kernel, the
+    whole cache in the workload's state dtype and layout, updated in place through slot indices; packed:
+    q, k, v read from the fused projection, o into `out`, NULL_BLOCK_ID 0 as padding; speculative:
+    `tokens / sequences` draft tokens per sequence, 2-D slot indices and accepted-token counts."""
+    import torch
+
+    import gdn_kernels
+
+    meta = torch.device("meta")
+    dtype = getattr(torch, workload.dtype)
+    f32 = torch.float32
+    H, HV, K, V = workload.H, workload.HV, workload.K, workload.V
+    empty = lambda *shape, dt=dtype: torch.empty(*shape, dtype=dt, device=meta)
+    index = getattr(torch, profile.index_dtype)
+    drafts = -(-workload.tokens // max(1, workload.sequences)) if workload.phase == "spec_decode" else 1
+    tokens = sequences * drafts
+    inner = (HV, K, V) if workload.state_layout == "kv" else (HV, V, K)
+    cache = empty(2 * tokens, *inner, dt=getattr(torch, workload.state_dtype))
+    gates = {
+        "use_gate_in_kernel": True,
+        "A_log": empty(HV, dt=f32),
+        "dt_bias": empty(HV, dt=f32),
+        "use_beta_sigmoid_in_kernel": True,
+    }
+    a, b = empty(1, tokens, HV), empty(1, tokens, HV)
+    common = {
+        "initial_state": cache,
+        "inplace_final_state": True,
+        "use_qk_l2norm_in_kernel": True,
+        "state_layout": workload.state_layout,
+        **gates,
+    }
+    if workload.phase == "decode_packed":
+        mixed = empty(tokens, 2 * H * K + HV * V)
+        q = mixed[:, : H * K].unflatten(1, (H, K))[:, None]
+        k = mixed[:, H * K : 2 * H * K].unflatten(1, (H, K))[:, None]
+        v = mixed[:, 2 * H * K :].unflatten(1, (HV, V))[:, None]
+        out = empty(tokens, 1, HV, V)
+        call = lambda: gdn_kernels.fused_recurrent_gated_delta_rule(
+            q, k, v, a.view(tokens, 1, HV), b.view(tokens, 1, HV),
+            ssm_state_indices=empty(tokens, dt=index), null_slot=0, out=out, **common,
+        )  # fmt: skip
+    else:
+        q, k, v = empty(1, tokens, H, K), empty(1, tokens, H, K), empty(1, tokens, HV, V)
+        extra = {"ssm_state_indices": empty(sequences, dt=index)}
+        if workload.phase == "spec_decode":
+            extra = {
+                "ssm_state_indices": empty(sequences, drafts, dt=index),
+                "num_accepted_tokens": empty(sequences, dt=index),
+            }
+        call = lambda: gdn_kernels.fused_recurrent_gated_delta_rule(
+            q, k, v, a, b, cu_seqlens=empty(sequences + 1, dt=index), **extra, **common
+        )
+    return [(("index_dtype",), call)]
+
+
+_SERVING_DECODE_PHASES = ("decode_gated", "decode_packed", "spec_decode")
 
 
 def _describe_arg(param: Any, value: Any) -> Any:
@@ -554,7 +621,11 @@ def plan_warmup(
         raise ValueError("warmup plans compiled GPU launches; unset TRITON_INTERPRET (it is 1 here)")
     started = time.monotonic()
     workloads = list(dict.fromkeys(workloads))
-    kernel_names = {id(fn): name for name, spec in specs.items() for fn in spec.jit_functions}
+    # A kernel several specs share (the decode variants) is named after the first, its own module's.
+    kernel_names: dict[int, str] = {}
+    for name, spec in specs.items():
+        for fn in spec.jit_functions:
+            kernel_names.setdefault(id(fn), name)
     variants: dict[tuple, Variant] = {}
     made: set[tuple] = set()  # (workload, count, call, the profile fields it reads): made once
     with _resolving_meta_as(place):
@@ -564,6 +635,9 @@ def plan_warmup(
             if workload.phase == "decode":
                 counts = counts_in_bucket(workload.sequences, sequence_bucket, 1)
                 make_calls = _decode_calls
+            elif workload.phase in _SERVING_DECODE_PHASES:
+                counts = counts_in_bucket(workload.sequences, sequence_bucket, 1)
+                make_calls = _serving_decode_calls
             else:
                 counts = counts_in_bucket(workload.tokens, token_bucket, 1)
                 make_calls = _prefill_calls
@@ -593,7 +667,7 @@ def plan_warmup(
             keys.append(
                 PlannedKey(
                     name,
-                    workload.label + ("-decode" if workload.phase == "decode" else ""),
+                    workload.label + ("" if workload.phase == "prefill" else f"-{workload.phase}"),
                     key,
                     resolution.config.label if resolution else "",
                     resolution.source if resolution else "unreached",
