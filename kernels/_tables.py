@@ -18,7 +18,8 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -378,7 +379,7 @@ def table_roots() -> list[Path]:
 
 
 @dataclass(frozen=True)
-class _Place:
+class TablePlace:
     """Where a device's tables are: arch folder and device folder, or why there are none."""
 
     arch: str | None
@@ -395,7 +396,8 @@ def _device_name(device: torch.device) -> str | None:
     return torch.cuda.get_device_name(device)
 
 
-def _locate(device: torch.device) -> _Place:
+def locate_tables(device: torch.device) -> TablePlace:
+    """Where `device`'s tables are, found afresh (the resolution caches its answer per device)."""
     name = _device_name(device)
     folder = None
     if name is not None:
@@ -405,8 +407,10 @@ def _locate(device: torch.device) -> _Place:
             _problem(f"device folder skipped: {e}")
     if arch := os.environ.get(ENV_ARCH, "").strip():
         if arch not in ARCHS:
-            return _Place(None, None, f"{ENV_ARCH}={arch!r} is not a known arch ({', '.join(ARCHS)})", True)
-        return _Place(arch, folder)
+            return TablePlace(
+                None, None, f"{ENV_ARCH}={arch!r} is not a known arch ({', '.join(ARCHS)})", True
+            )
+        return TablePlace(arch, folder)
     if device.type != "cuda":
         # The interpreter (TRITON_INTERPRET=1) on CPU tensors: no GPU, so no table applies.
         override = os.environ.get(ENV_CONFIG_DIR)
@@ -416,16 +420,16 @@ def _locate(device: torch.device) -> _Place:
                 f"GPU architecture and a {device.type} device has none; set {ENV_ARCH} (e.g. sm90) to use "
                 f"that arch's tables"
             )
-            return _Place(None, None, why, warn=True)
-        return _Place(None, None, f"{device.type} device, {ENV_ARCH} not set")
+            return TablePlace(None, None, why, warn=True)
+        return TablePlace(None, None, f"{device.type} device, {ENV_ARCH} not set")
     import torch
 
     capability = torch.cuda.get_device_capability(device)
     arch = arch_for_capability(capability)
     if arch is None:
         cc = f"{capability[0]}.{capability[1]}"
-        return _Place(None, None, f"no tables are made for compute capability {cc} ({name})", True)
-    return _Place(arch, folder)
+        return TablePlace(None, None, f"no tables are made for compute capability {cc} ({name})", True)
+    return TablePlace(arch, folder)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,7 +461,7 @@ class Resolution:
 _ResolvedKey = tuple[str, Any, tuple[tuple[str, Any], ...]]  # (kernel, torch.device, key.items)
 _resolved: dict[_ResolvedKey, Config] = {}
 _resolutions: dict[_ResolvedKey, Resolution] = {}
-_places: dict[tuple[str, int | None], _Place] = {}
+_places: dict[tuple[str, int | None], TablePlace] = {}
 _loaded: dict[tuple[str, str], Table | None] = {}  # (file, kernel) → table, read once per process
 _found: dict[tuple[str, str | None, str | None], list[Table]] = {}  # (kernel, arch, device folder)
 _warned: set[str] = set()
@@ -487,7 +491,7 @@ def _table(path: Path, spec: KernelSpec, arch: str) -> Table | None:
     return _loaded[cache_key]
 
 
-def _tables_for(spec: KernelSpec, place: _Place) -> list[Table]:
+def _tables_for(spec: KernelSpec, place: TablePlace) -> list[Table]:
     """The kernel's tables for a device, highest priority first; found and read once per process."""
     cache_key = (spec.name, place.arch, place.device_folder)
     if cache_key not in _found:
@@ -495,7 +499,7 @@ def _tables_for(spec: KernelSpec, place: _Place) -> list[Table]:
     return _found[cache_key]
 
 
-def _find_tables(spec: KernelSpec, place: _Place) -> list[Table]:
+def _find_tables(spec: KernelSpec, place: TablePlace) -> list[Table]:
     assert place.arch is not None
     tables = []
     arch_has_tables = False
@@ -582,7 +586,7 @@ def _resolve(spec: KernelSpec, key: Key, device: torch.device) -> Resolution:
     place_key = (device.type, device.index)
     place = _places.get(place_key)
     if place is None:
-        place = _places[place_key] = _locate(device)
+        place = _places[place_key] = locate_tables(device)
     if place.arch is None:
         if place.warn:
             _problem(f"{place.why_none}: every kernel runs its default config")
@@ -651,3 +655,33 @@ def reset() -> None:
         _found.clear()
         _warned.clear()
         _scanned.clear()
+
+
+def forget_resolutions(device_type: str) -> None:
+    """Forget where devices of `device_type` ("meta", "cuda") find their tables and what they resolved.
+
+    Loaded tables stay loaded; the next launch on such a device locates its tables and resolves again.
+    """
+    with _lock:
+        for place_key in [p for p in _places if p[0] == device_type]:
+            del _places[place_key]
+        for cache in (_resolved, _resolutions):
+            for cache_key in [c for c in cache if getattr(c[1], "type", None) == device_type]:
+                del cache[cache_key]
+
+
+@contextmanager
+def resolving_as(device_type: str, place: TablePlace) -> Iterator[None]:
+    """Within the block, launches on a device of `device_type` (no index) resolve as one at `place`.
+
+    The warmup resolves meta tensors as a GPU would: the meta device gets the GPU's place, and its
+    resolutions are forgotten on both sides of the block so they never leak into, or come from,
+    another use of that device type.
+    """
+    forget_resolutions(device_type)
+    with _lock:
+        _places[(device_type, None)] = place
+    try:
+        yield
+    finally:
+        forget_resolutions(device_type)

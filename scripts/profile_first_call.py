@@ -331,7 +331,8 @@ def cpu_child(case: str, mode: str) -> None:
 
     import gdn_kernels
     from gdn_kernels._launch import _LaunchPlan, compile_only_driver, prepare_first_launch, recording
-    from gdn_tune.warmup import _resolving_meta_as, target_place
+    from gdn_kernels.tuning import resolving_as
+    from gdn_tune.warmup import target_place
 
     _, H, HV, lengths = next(c for c in PREFILL_CASES if c[0] == case)
     T, N, meta = sum(lengths), len(lengths), torch.device("meta")
@@ -341,7 +342,7 @@ def cpu_child(case: str, mode: str) -> None:
     place, cc, _ = target_place("h200")
     per_kernel = []
     t = time.perf_counter()
-    with _resolving_meta_as(place):
+    with resolving_as("meta", place):
         with recording() as records:
             gdn_kernels.chunk_gated_delta_rule(
                 empty(1, T, H, 128),

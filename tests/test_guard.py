@@ -38,7 +38,8 @@ GUARD_CHILD = textwrap.dedent(
     import gdn_kernels
     from gdn_kernels import _warm
     from gdn_kernels._launch import compile_only_driver, prepare_first_launch, recording
-    from gdn_tune.warmup import _resolving_meta_as, target_place
+    from gdn_kernels.tuning import resolving_as
+    from gdn_tune.warmup import target_place
 
     if spec.get("driver"):
         _warm.driver_cuda_version = lambda: spec["driver"]  # the CPU has no CUDA driver to ask
@@ -56,7 +57,7 @@ GUARD_CHILD = textwrap.dedent(
     }
     place, _, _ = target_place("h200")
     launches = []
-    with _resolving_meta_as(place), warnings.catch_warnings(record=True) as caught:
+    with resolving_as("meta", place), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for i, (function, tokens, dtype) in enumerate(spec["calls"]):
             if spec.get("seal") and i == spec.get("seal_before", 0):

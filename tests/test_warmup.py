@@ -240,7 +240,7 @@ REAL_TENSOR_CHECK = textwrap.dedent(
     import json, sys, torch, triton
     import gdn_kernels
     from gdn_kernels._launch import compile_for_target, recording
-    from gdn_tune.warmup import target_place, _resolving_meta_as
+    from gdn_tune.warmup import target_place
 
     hits = []
     triton.knobs.compilation.listener = lambda **kw: hits.append(kw["cache_hit"])

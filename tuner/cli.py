@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from gdn_kernels import TARGETS, __version__, target_by_name
-from gdn_kernels._targets import GpuTarget, UnknownTargetError
+from gdn_kernels.tuning import GpuTarget, UnknownTargetError
 
 
 class TargetType(click.ParamType):
@@ -52,7 +52,7 @@ def main() -> None:
 @json_option
 def targets(names: tuple[GpuTarget, ...], as_json: bool) -> None:
     """List the GPU targets the tuner knows (or only NAMES), with whether tables ship for each."""
-    from gdn_kernels._tables import shipped_archs
+    from gdn_kernels.tuning import shipped_archs
 
     shipped = shipped_archs()
     rows = [

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from gdn_kernels._files import FileWriteError
+from gdn_kernels.tuning import FileWriteError
 
 from .cli import TargetType, json_option
 from .cli_sweep import db_option

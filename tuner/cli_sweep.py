@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from gdn_kernels import Workload
-from gdn_kernels._files import FileWriteError, replaced_atomically
+from gdn_kernels.tuning import FileWriteError, replaced_atomically
 
 from .cli import TargetType, json_option, preset_option
 from .constants import DEFAULT_DB_URL, TRIAL_COLUMNS

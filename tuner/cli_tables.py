@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from gdn_kernels._targets import ARCHS
+from gdn_kernels.tuning import ARCHS
 from gdn_tune.cli import preset_option
 from gdn_tune.presets import UnknownPresetError
 

@@ -108,7 +108,7 @@ def _shape_class(job: CompileJob) -> tuple:
     """Jobs alike but for their token or sequence bucket. Those almost always compile to the same binary
     (a count is a runtime argument), so the first of a class is compiled alone and the others after it,
     from Triton's cache, instead of all at once, each from scratch, on different cores."""
-    from gdn_kernels._tables import BUCKET_FIELDS
+    from gdn_kernels.tuning import BUCKET_FIELDS
 
     return (job.kernel, job.config, tuple((k, v) for k, v in job.key.items if k not in BUCKET_FIELDS))
 

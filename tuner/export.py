@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gdn_kernels import GpuTarget, KernelSpec, Key
-from gdn_kernels._files import make_folder, write_text_atomically
-from gdn_kernels._tables import TableEntry
+from gdn_kernels.tuning import TableEntry, make_folder, write_text_atomically
 
 from .results import UnknownSweepError, WinnerRow, winners
 from .specs import available_specs, extra_spec_paths

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from gdn_kernels import Config, KernelSpec, Key
-from gdn_kernels._spec import compare_outputs
+from gdn_kernels.tuning import compare_outputs
 
 from .storage import Measurement, TrialStatus
 

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from gdn_kernels import Config, Key
-from gdn_kernels._files import replaced_atomically
+from gdn_kernels.tuning import replaced_atomically
 
 from .constants import TRIAL_COLUMNS
 from .storage import (

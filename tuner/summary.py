@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from gdn_kernels._files import write_text_atomically
+from gdn_kernels.tuning import write_text_atomically
 
 from .results import sweep_rows, trial_rows, winners
 from .storage import Storage, TrialStatus

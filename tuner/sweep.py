@@ -29,9 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gdn_kernels import Config, GpuTarget, KernelSpec, Key, Workload, target_by_name
-from gdn_kernels._spec import unique_keys
-from gdn_kernels._tables import BUCKET_FIELDS
-from gdn_kernels._targets import TARGETS, target_for_device
+from gdn_kernels.tuning import BUCKET_FIELDS, TARGETS, target_for_device, unique_keys
 
 from .compile_pool import CompileJob, compile_all
 from .constants import INTERPRETER_GPU_NAME

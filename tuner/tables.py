@@ -1,7 +1,8 @@
 """Tables on the tuner side: compile a config for a target, write tables, check, show and diff them.
 
-The runtime reads tables with `gdn_kernels._tables` (validation lives there, so the tuner checks
-exactly what a serving process accepts); this module writes them and reviews them for a release.
+The tuner reads tables with the runtime's own reader (`gdn_kernels.tuning.load_table`: validation
+lives there, so the tuner checks exactly what a serving process accepts); this module writes them and
+reviews them for a release.
 """
 
 from __future__ import annotations
@@ -19,20 +20,28 @@ from typing import Any
 
 from triton.runtime.jit import JITFunction
 
-from gdn_kernels._files import write_text_atomically
-from gdn_kernels._launch import LaunchRecord, compile_for_target, recording
-from gdn_kernels._registry import kernel_specs
-from gdn_kernels._spec import Config, KernelSpec, Key, unique_keys
-from gdn_kernels._tables import (
+from gdn_kernels.tuning import (
+    ARCHS,
     SCHEMA_VERSION,
+    TARGETS,
+    Config,
+    GpuTarget,
+    KernelSpec,
+    Key,
+    LaunchRecord,
     Table,
     TableEntry,
     TableProblem,
+    arch_for_capability,
+    compile_for_target,
     device_folder_name,
+    kernel_specs,
     load_table,
+    recording,
     shipped_tables_dir,
+    unique_keys,
+    write_text_atomically,
 )
-from gdn_kernels._targets import ARCHS, TARGETS, GpuTarget, arch_for_capability
 from gdn_tune.constants import INTERPRETER_GPU_NAME
 from gdn_tune.presets import preset_by_name
 from gdn_tune.warmup import Variant, _specialisation, _Worker, describe_launch, worker_environment
@@ -103,8 +112,8 @@ def _compile_shared_bytes(record: LaunchRecord, cc: int) -> int | str:
 def _as_jit(record: LaunchRecord) -> LaunchRecord:
     """An interpreted launch as a GPU process makes it: a JITFunction of the same Python function, and
     INTERPRETED=False (kernels take the interpreter's workarounds as that constexpr, which launchers
-    pass from `gdn_kernels._launch.INTERPRETED`; compiled with it set, chunk_state BV=128 w8 s4 needs
-    65536 bytes instead of 246540)."""
+    set from TRITON_INTERPRET=1 at import; compiled with it set, chunk_state BV=128 w8 s4 needs 65536
+    bytes instead of 246540)."""
     args = record.args | ({"INTERPRETED": False} if "INTERPRETED" in record.args else {})
     return LaunchRecord(JITFunction(record.kernel.fn), args, record.num_warps, record.num_stages)
 

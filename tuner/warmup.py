@@ -10,7 +10,7 @@ How, and why this way rather than calling the public functions on real GPU tenso
 
 1. **Plan** (`plan_warmup`, one process). For each workload of the presets, the *public functions* a
    model calls (`fused_gdn_gating`, `gdn_prefill_prep`, `chunk_gated_delta_rule` with the call profile's
-   flags, `fused_recurrent_gated_delta_rule`) run on meta tensors inside `gdn_kernels._launch.recording()`.
+   flags, `fused_recurrent_gated_delta_rule`) run on meta tensors inside `gdn_kernels.tuning.recording()`.
    The tables resolve exactly as for the local GPU (same arch and device folder), so every launch is
    recorded with production's config, constexprs, dtypes and flags, by production's own code: nothing
    is rebuilt by hand. Triton specialises integer arguments on `== 1` and on divisibility by 16, and a
@@ -19,7 +19,7 @@ How, and why this way rather than calling the public functions on real GPU tenso
    default preset instead of one per call).
 2. **Compile** (`run_warmup`, `--jobs` worker processes). Each variant goes through Triton's own JIT entry,
    `JITFunction.warmup(...)` (`run(warmup=True)`: the same binder, specialisation and cache key as a
-   launch, minus the launch), by `gdn_kernels._launch.compile_for_target`, which the sweep's compile
+   launch, minus the launch), by `gdn_kernels.tuning.compile_for_target`, which the sweep's compile
    check shares: it compiles under a compile-only driver that reports the target GPU and touches no
    CUDA. Workers need no context and no GPU memory, start in about a second, scale with CPU cores, and a machine without the GPU can fill a cache for it. Meta tensors have data pointer 0,
    i.e. 16-byte aligned, as every tensor the public functions allocate or make contiguous is (the
@@ -29,15 +29,15 @@ How, and why this way rather than calling the public functions on real GPU tenso
    argument signature and, once, the driver's C utilities (C compiles, ~0.3 s each), and computes
    Triton's cache key, whose hash of Triton's installation costs ~0.35 s per process. Each worker
    builds the launchers into the cache (where libcuda is installed: on the GPU host) and writes a warm
-   entry per binary (`gdn_kernels._warm`) that a first launch loads without that key. On the H200 the
-   first forward call after warmup went from 1.9-2.1 s to 0.13-0.15 s.
+   entry per binary (`gdn_kernels.tuning.remember`) that a first launch loads without that key. On the
+   H200 the first forward call after warmup went from 1.9-2.1 s to 0.13-0.15 s.
 
 4. **A deployment's terms, and beyond the cache.** `--model NAME --tp N` plans a model's shapes at its
    tensor-parallel degree with every call profile of `SERVING_CALLS` (the paths serving engines take);
    `--bundle DIR` also copies each binary, its warm entry and the C launchers into a folder that a
    fresh process loads through `GDN_TUNE_BINARY_DIR` (keyed by Triton installation, architecture and
-   driver: `gdn_kernels._warm`); `GDN_TUNE_COMPILE_GUARD=error` in the server then proves the warmup
-   covered every call (`gdn_kernels._guard`).
+   driver: `gdn_kernels.tuning.add_to_bundle`); `GDN_TUNE_COMPILE_GUARD=error` in the server then
+   proves the warmup covered every call (the compile guard, `gdn_kernels.seal_compiles`).
 
 Calling the public functions on real tensors in each worker would be exact by construction but costs a
 CUDA context per process (about 500 MB each), real inputs (32768 tokens × 64 heads: GBs of h), and
@@ -64,13 +64,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gdn_kernels import KernelSpec, Key, Workload, kernel_specs
-from gdn_kernels._spec import sequence_bucket, token_bucket
+from gdn_kernels.tuning import TablePlace, sequence_bucket, token_bucket
 
 # Triton 3.6 specialises an integer argument on divisibility by 16 (and == 1): calling each bucket with
 # its top 16 counts meets every residue mod 16.
@@ -526,41 +525,16 @@ def _specialisation(variant: Variant) -> tuple:
     )
 
 
-@contextmanager
-def _resolving_meta_as(place: Any) -> Iterator[None]:
-    """Within the block, launches on meta tensors resolve their configs as a device at `place` would.
-
-    gdn_kernels._tables caches where each device's tables are (arch, device folder) per device type and
-    index; the meta device gets the GPU's place, and its resolutions are forgotten on both sides of the
-    block so they never leak into, or come from, another use of the meta device.
-    """
-    from gdn_kernels import _tables
-
-    def forget_meta() -> None:
-        with _tables._lock:
-            _tables._places.pop(("meta", None), None)
-            for cache in (_tables._resolved, _tables._resolutions):
-                for cache_key in [c for c in cache if getattr(c[1], "type", None) == "meta"]:
-                    del cache[cache_key]
-
-    forget_meta()
-    _tables._places[("meta", None)] = place
-    try:
-        yield
-    finally:
-        forget_meta()
-
-
-def local_place(device_index: int | None = None) -> tuple[Any, int, str]:
+def local_place(device_index: int | None = None) -> tuple[TablePlace, int, str]:
     """(tables place, compute capability as 90, description) of the local GPU, as production resolves it."""
     import torch
 
-    from gdn_kernels import _tables
+    from gdn_kernels.tuning import locate_tables
 
     if not torch.cuda.is_available():
         raise ValueError("--gpu auto needs a CUDA GPU; on a machine without one name the target (--gpu h200)")
     device = torch.device("cuda", torch.cuda.current_device() if device_index is None else device_index)
-    place = _tables._locate(device)
+    place = locate_tables(device)
     major, minor = torch.cuda.get_device_capability(device)
     if place.arch is None:
         raise ValueError(f"no tables apply to this GPU: {place.why_none}")
@@ -571,17 +545,17 @@ def local_place(device_index: int | None = None) -> tuple[Any, int, str]:
     )
 
 
-def target_place(target_name: str, device_name: str | None = None) -> tuple[Any, int, str]:
+def target_place(target_name: str, device_name: str | None = None) -> tuple[TablePlace, int, str]:
     """(tables place, compute capability, description) of a named target, for a machine without it.
 
     `device_name` ("NVIDIA H200") selects the device folder of the tables as that GPU would.
     """
-    from gdn_kernels import _tables, target_by_name
+    from gdn_kernels.tuning import ENV_ARCH, device_folder_name, target_by_name
 
     target = target_by_name(target_name)
-    folder = _tables.device_folder_name(device_name) if device_name else None
-    arch = os.environ.get(_tables.ENV_ARCH, "").strip() or target.arch
-    return _tables._Place(arch, folder), target.cc, f"{arch} ({folder or target.name})"
+    folder = device_folder_name(device_name) if device_name else None
+    arch = os.environ.get(ENV_ARCH, "").strip() or target.arch
+    return TablePlace(arch, folder), target.cc, f"{arch} ({folder or target.name})"
 
 
 def select_specs(kernels: Sequence[str] | None) -> dict[str, KernelSpec]:
@@ -596,7 +570,7 @@ def select_specs(kernels: Sequence[str] | None) -> dict[str, KernelSpec]:
 
 def plan_warmup(
     workloads: Iterable[Workload],
-    place: Any,
+    place: TablePlace,
     capability: int,
     target: str,
     kernels: Sequence[str] | None = None,
@@ -610,8 +584,7 @@ def plan_warmup(
     """
     import torch
 
-    from gdn_kernels import _tables
-    from gdn_kernels._launch import recording
+    from gdn_kernels.tuning import recording, resolution_report, resolving_as
 
     specs = select_specs(kernels)
     profiles = [profile] if isinstance(profile, CallProfile) else list(dict.fromkeys(profile))
@@ -628,7 +601,8 @@ def plan_warmup(
             kernel_names.setdefault(id(fn), name)
     variants: dict[tuple, Variant] = {}
     made: set[tuple] = set()  # (workload, count, call, the profile fields it reads): made once
-    with _resolving_meta_as(place):
+    # Meta tensors resolve as the GPU at `place` would, and forget it after the block.
+    with resolving_as("meta", place):
         for workload in workloads:
             if not any(workload.phase in spec.phases for spec in specs.values()):
                 continue
@@ -655,7 +629,7 @@ def plan_warmup(
                             if variant is not None:
                                 variants.setdefault(_specialisation(variant), variant)
         resolved = {
-            (r.kernel, r.key): r for r in _tables.resolution_report() if torch.device(r.device).type == "meta"
+            (r.kernel, r.key): r for r in resolution_report() if torch.device(r.device).type == "meta"
         }
     keys = []
     for workload in workloads:
@@ -717,13 +691,12 @@ def describe_launch(record: Any, kernel: str) -> Variant:
 def compile_variant(variant: Variant, capability: int, bundle: str | None = None) -> VariantResult:
     """Compile one variant for `capability` as a launch would (`compile_for_target`: the kernel's JIT
     warmup under a compile-only driver); Triton's listener says if it was cached. With `bundle`, the
-    binary and its C launcher are also copied into that bundle folder (`gdn_kernels._warm`)."""
+    binary and its C launcher are also copied into that bundle folder (`add_to_bundle`)."""
     import importlib
 
     import triton
 
-    from gdn_kernels._launch import LaunchRecord, compile_for_target
-    from gdn_kernels._warm import add_to_bundle, remember
+    from gdn_kernels.tuning import LaunchRecord, add_to_bundle, compile_for_target, remember
 
     seen: list[bool] = []
     triton.knobs.compilation.listener = lambda **kw: seen.append(bool(kw["cache_hit"]))
@@ -908,7 +881,7 @@ def run_warmup(
     if bundle is not None:
         from pathlib import Path
 
-        from gdn_kernels._warm import MODULES, write_bundle_manifest
+        from gdn_kernels.tuning import MODULES, write_bundle_manifest
 
         done = [r for r in results if r.status != "failed"]
         manifest = write_bundle_manifest(
