@@ -815,7 +815,7 @@ def fused_recurrent_gated_delta_rule(
             A_log, dt_bias = A_log.contiguous(), dt_bias.contiguous()
         # Packed: q, k, v are views of one projection (at one token no stride tells it, the base does).
         packed = q._base is not None and q._base is k._base and k._base is v._base
-        spec = _spec_of(DecodeVariant(use_gate_in_kernel, packed and use_gate_in_kernel, speculative))
+        spec = _spec_of(use_gate_in_kernel, packed, speculative)
         key = _key(spec, q.dtype, H, HV, K, V, N, state_dtype, state_layout, cdiv(B * T, N))
         # Zero tokens still launch: each program then copies its initial state to final_state.
         _run(
@@ -1025,8 +1025,8 @@ def _decode_spec(name: str, doc: str, variant: DecodeVariant, phase: str) -> Ker
         space=SPACE,
         default=DEFAULT,
         jit_functions=(_fused_recurrent_kernel, _token_step, _is_padding),
-        key_for=lambda w, spec_name=name: _key(
-            spec_of_name(spec_name),
+        key_for=lambda w: _key(
+            _spec_of(variant.gate_in_kernel, variant.packed, variant.speculative),
             w.dtype,
             w.H,
             w.HV,
@@ -1067,18 +1067,14 @@ SPEC_SPECULATIVE = _decode_spec(
     "spec_decode",
 )
 SPECS = (SPEC, SPEC_GATED, SPEC_PACKED, SPEC_SPECULATIVE)
-_BY_VARIANT = {
-    DecodeVariant(): SPEC,
-    DecodeVariant(gate_in_kernel=True): SPEC_GATED,
-    DecodeVariant(gate_in_kernel=True, packed=True): SPEC_PACKED,
-}
 
 
-def spec_of_name(name: str) -> KernelSpec:
-    return next(s for s in SPECS if s.name == name)
-
-
-def _spec_of(variant: DecodeVariant) -> KernelSpec:
-    """The spec (and so the table) a call of this variant resolves its config from: every speculative
-    call shares spec_decode's, whatever its gates."""
-    return SPEC_SPECULATIVE if variant.speculative else _BY_VARIANT[variant]
+def _spec_of(gated: bool, packed: bool, speculative: bool) -> KernelSpec:
+    """The spec (and so the table) a call resolves its config from: every speculative call shares
+    spec_decode's, whatever its gates; packed q, k, v count only with the gates in the kernel (vLLM's
+    packed decode)."""
+    if speculative:
+        return SPEC_SPECULATIVE
+    if not gated:
+        return SPEC
+    return SPEC_PACKED if packed else SPEC_GATED
