@@ -27,6 +27,7 @@ never loaded.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
@@ -418,7 +419,14 @@ def _seed_modules() -> None:
     from triton.runtime.cache import get_cache_manager
 
     for module in root_modules.glob("*/*"):
-        manager = get_cache_manager(module.parent.name)
+        # The folder is Triton's name for the module's cache entry: the base32 of the hex key that
+        # get_cache_manager takes (and encodes again).
+        name = module.parent.name
+        try:
+            key = base64.b32decode(name + "=" * (-len(name) % 8)).hex()
+        except ValueError:
+            continue  # not a folder Triton would have made: Triton builds that module itself
+        manager = get_cache_manager(key)
         if manager.get_file(module.name) is None:
             try:
                 manager.put(module.read_bytes(), module.name, binary=True)
@@ -471,4 +479,7 @@ def write_bundle_manifest(root: Path, arch: int, variants: int, launchers: int) 
 
 
 if os.environ.get(ENV_BINARY_DIR):
-    _seed_modules()
+    try:
+        _seed_modules()
+    except Exception as error:  # a damaged bundle costs its C modules' compiles, never the import
+        warnings.warn(f"{ENV_BINARY_DIR}: C modules not seeded: {error}", RuntimeWarning, stacklevel=1)

@@ -319,3 +319,29 @@ def test_gpu_a_guarded_process_serves_warmed_shapes_and_a_decode_graph_and_refus
         report = run_reporting(GPU_GUARDED_SERVING, served_from, 600, GDN_TUNE_COMPILE_GUARD="error", **env)
         assert report["trips"] == ["compile"], report  # only the fp16 call, refused
         assert "would compile (refused)" in report["refused"] and report["finite"], report
+
+
+def test_a_bundles_c_modules_are_seeded_into_tritons_cache_under_the_folder_triton_names(
+    tmp_path, monkeypatch
+):
+    # Triton names a cache folder by the base32 of a hex key; get_cache_manager takes the hex key. A GPU
+    # warm-up's bundle holds such folders (a CPU one has none), so the seeding is checked here directly.
+    import base64
+
+    import triton
+
+    from gdn_kernels import _warm
+
+    key = "0f" * 32
+    folder = base64.b32encode(bytes.fromhex(key)).decode().rstrip("=")
+    bundle, cache = tmp_path / "bundle", tmp_path / "cache"
+    (bundle / _warm.MODULES / folder).mkdir(parents=True)
+    (bundle / _warm.MODULES / folder / "launcher.so").write_bytes(b"\x7fELF module")
+    (bundle / _warm.MODULES / "not-base32!").mkdir()
+    (bundle / _warm.MODULES / "not-base32!" / "x.so").write_bytes(b"skipped")
+    (bundle / _warm.MANIFEST).write_text(json.dumps(_warm.bundle_identity(90)))
+    monkeypatch.setenv(_warm.ENV_BINARY_DIR, str(bundle))
+    monkeypatch.setattr(triton.knobs.cache, "dir", str(cache))
+    _warm._seed_modules()
+    assert (cache / folder / "launcher.so").read_bytes() == b"\x7fELF module"
+    assert not list(cache.rglob("x.so"))
