@@ -16,6 +16,7 @@ _MODULES = (
     "chunk_wu",
     "chunk_state",
     "chunk_output",
+    "chunk_fused",
     "fused_recurrent",
 )
 

@@ -1,9 +1,10 @@
-"""Prefill of a Gated Delta Net layer: `chunk_gated_delta_rule`, the chunked algorithm in four kernels.
+"""Prefill of a Gated Delta Net layer: `chunk_gated_delta_rule`, the chunked algorithm in four stages.
 
     gc, Ai       = chunk_kkt_solve(k, g, β)            chunk-local cumsum of g; (I + A)⁻¹ per chunk
     w, u         = chunk_wu(k, v, β, gc, Ai)            the WY representation of the chunk's updates
-    h, v_new, S  = chunk_state(k, w, u, gc, S₀)         the state at each chunk's start, sequentially
-    o            = chunk_output(q, k, v_new, h, gc)     every chunk in parallel
+    o, S         = chunk_state_output(q, k, w, u, gc, S₀) the state pass and the output: fused into one
+                   sequential kernel, or split into chunk_state (h, v_new per chunk, sequentially) and
+                   chunk_output (every chunk in parallel), as the table's FUSED says
 
 Nothing here reads a tensor's values on the host: with cu_seqlens the chunk bookkeeping is built on the
 device and grids are sized by upper bounds (kernels/_varlen.py), so a call never synchronises and can
@@ -16,9 +17,10 @@ import torch
 
 from . import _varlen
 from ._spec import CHUNK_SIZE
+from .chunk_fused import chunk_state_output
 from .chunk_kkt_solve import chunk_kkt_solve_unchecked
-from .chunk_output import MAX_GRID_CHUNKS, chunk_output, output_like
-from .chunk_state import MAX_HEAD_DIM, chunk_state
+from .chunk_output import MAX_GRID_CHUNKS, output_like
+from .chunk_state import MAX_HEAD_DIM
 from .chunk_wu import chunk_wu_unchecked
 from .l2norm import l2norm
 
@@ -195,18 +197,21 @@ def chunk_gated_delta_rule(
     # Arguments were checked once above; the stages skip their own checks.
     gc, Ai = chunk_kkt_solve_unchecked(k, g, beta, cu_seqlens, chunk_indices)
     w, u = chunk_wu_unchecked(k, v, beta, gc, Ai, cu_seqlens, chunk_indices)
-    h, v_new, final_state = chunk_state(
+    o, final_state = chunk_state_output(
+        q,
         k,
         w,
         u,
         gc,
+        scale,
         initial_state=initial_state,
         output_final_state=output_final_state,
         cu_seqlens=cu_seqlens,
         chunk_offsets=chunk_offsets,
+        chunk_indices=chunk_indices,
         state_layout=state_layout,
         state_indices=state_indices,
         inplace_final_state=inplace_final_state,
+        out=o,
     )
-    o = chunk_output(q, k, v_new, h, gc, scale, cu_seqlens=cu_seqlens, chunk_indices=chunk_indices, out=o)
     return o, final_state
