@@ -41,7 +41,10 @@ from ._spec import (
     token_bucket,
     warps,
 )
+from ._state_io import load_state, state_block, store_final_state
 from ._tables import resolve_config
+from .chunk_segments import JIT_FUNCTIONS as SEGMENT_JIT_FUNCTIONS
+from .chunk_segments import launch_segmented_state
 from .chunk_state import _dot_operand, _rounded, make_stage_inputs
 
 SPLIT_DEFAULTS = {"BV": 64, "num_warps": 4, "num_stages": 2}
@@ -51,21 +54,37 @@ SPACE = SearchSpace(
         Param(
             "FUSED",
             (0, 1),
-            "1: state pass and output in one kernel; 0: chunk_state then chunk_output",
+            "1: state pass and output in one kernel; 0: state pass, then chunk_output",
             power_of_two=False,
             lo=0,
             hi=1,
         ),
+        # Segments per sequence of the context-parallel state pass (kernels/chunk_segments.py); 1 is
+        # chunk_state's sequential walk. Worth it where N·HV·V/BV programs leave SMs idle (2/8 heads).
+        Param("SEG", (1, 2, 4, 8, 16), "segments per sequence of the split state pass", lo=1, hi=64),
         # The fused walk holds the K×BV float32 state, the BT×BV output and the BT×BT attention block.
-        Param("BV", (16, 32, 64, 128), "V columns of the state and of o per program", lo=16, hi=256),
+        Param("BV", (64, 128), "V columns of the state (and of o) per program", lo=64, hi=256),
         warps(4, 8),
         stages(1, 2, 3),
     ),
     constraints=(
         Constraint(
-            "split (FUSED 0) runs chunk_state's and chunk_output's own table entries: its BV, warps and "
-            "stages stay at 64, 4, 2 (other values would time the same launches again)",
-            lambda c, key: c["FUSED"] == 1 or all(c[p] == v for p, v in SPLIT_DEFAULTS.items()),
+            "split with one segment (FUSED 0, SEG 1) runs chunk_state's and chunk_output's own table "
+            "entries: its BV, warps and stages stay at 64, 4, 2 (other values would time the same launches)",
+            lambda c, key: (
+                c["FUSED"] == 1 or c["SEG"] > 1 or all(c[p] == v for p, v in SPLIT_DEFAULTS.items())
+            ),
+        ),
+        Constraint(
+            "segments (SEG > 1) belong to the split structure; the fused kernel walks whole sequences",
+            lambda c, key: c["FUSED"] == 0 or c["SEG"] == 1,
+        ),
+        Constraint(
+            # H200, Triton 3.6, K = V = 128, 2/4 heads, 512 tokens: BV 32 gives a final state at relative
+            # error 1.0 and o at 0.067 (BV 64: 0.0009 and 0.0018), and an illegal address at 8192
+            # tokens; the interpreter computes BV 16 and 32 right, so it is the compiled kernel.
+            "fused BV ≥ 64: narrower blocks miscompute on sm90 with Triton 3.6",
+            lambda c, key: c["FUSED"] == 0 or c["BV"] >= 64,
         ),
         Constraint(
             # 64 stays allowed so that the default is valid for every key, small heads included.
@@ -80,7 +99,7 @@ SPACE = SearchSpace(
 )
 # Split by default: what the pipeline ran before the fused kernel existed, with no table a key runs
 # exactly the tuned chunk_state and chunk_output entries.
-DEFAULT = Config.of(FUSED=0, **SPLIT_DEFAULTS)
+DEFAULT = Config.of(FUSED=0, SEG=1, **SPLIT_DEFAULTS)
 
 
 @triton.jit
@@ -188,23 +207,9 @@ def _chunk_fused_kernel(
     o_seq = o + (bos * HV + i_hv) * V
     gc_seq = gc + bos * HV + i_hv
 
-    # The state is read and written once per sequence, as in chunk_state: element (k, v) at k·V + v
-    # ("kv") or v·K + k ("vk"); a pool slot from state_indices, a negative one starting from zeros.
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    if STATE_VK:
-        o_s = i_hv * K * V + o_v[None, :] * K + o_k[:, None]
-    else:
-        o_s = i_hv * K * V + o_k[:, None] * V + o_v[None, :]
-    m_s = (o_k[:, None] < K) & (o_v[None, :] < V)
-    if USE_STATE_INDICES:
-        i_slot = tl.load(state_indices + i_n).to(tl.int64)
-    else:
-        i_slot = i_n.to(tl.int64)
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_INITIAL_STATE:  # noqa: SIM102 (a constexpr branch around a run-time one)
-        if i_slot >= 0:
-            b_h += tl.load(h0 + i_slot * stride_h0 + o_s, mask=m_s, other=0.0).to(tl.float32)
+    # The caller's state, read once and written once (kernels/_state_io.py).
+    o_s, m_s, i_slot = state_block(i_n, i_hv, i_v, state_indices, K, V, BK, BV, USE_STATE_INDICES, STATE_VK)
+    b_h = load_state(h0, i_slot, stride_h0, o_s, m_s, BK, BV, USE_INITIAL_STATE)
 
     # The interpreter cannot range() over a loaded bound (chunk_state.py): a while loop there.
     if INTERPRETED:
@@ -222,11 +227,7 @@ def _chunk_fused_kernel(
                 H, HV, K, V, BT, BK, BV, False,
             )  # fmt: skip
 
-    if FINAL_MODE == 1:  # a new [N, HV, ..] tensor
-        tl.store(ht + i_n.to(tl.int64) * HV * K * V + o_s, b_h.to(ht.dtype.element_ty), mask=m_s)
-    elif FINAL_MODE == 2:  # noqa: SIM102 (constexpr around run-time): back into the slot read
-        if i_slot >= 0:
-            tl.store(h0 + i_slot * stride_h0 + o_s, b_h.to(h0.dtype.element_ty), mask=m_s)
+    store_final_state(b_h, ht, h0, i_n, i_slot, stride_h0, o_s, m_s, HV, K, V, FINAL_MODE)
 
 
 def _launch_fused(inputs: dict, outputs: dict, config: Config) -> None:
@@ -240,7 +241,7 @@ def _launch_fused(inputs: dict, outputs: dict, config: Config) -> None:
     launch(
         _chunk_fused_kernel,
         (cdiv(V, config["BV"]), N * HV),
-        Config.of(**{p: v for p, v in config.params if p != "FUSED"}),
+        Config.of(**{p: v for p, v in config.params if p not in ("FUSED", "SEG")}),
         q=q,
         k=k,
         w=w,
@@ -269,18 +270,22 @@ def _launch_fused(inputs: dict, outputs: dict, config: Config) -> None:
     )
 
 
-def _launch_split(inputs: dict, outputs: dict) -> None:
-    """chunk_state then chunk_output, each with its own table's config; h and v_new in `outputs`."""
+def _launch_split(inputs: dict, outputs: dict, config: Config) -> None:
+    """The state pass (chunk_state with its own table's config, or in config["SEG"] segments with this
+    config's BV, warps and stages), then chunk_output with its table's; h and v_new in `outputs`."""
     q, k, u = inputs["q"], inputs["k"], inputs["u"]
     B, T, H, K = k.shape
     HV, V = u.shape[2], u.shape[3]
-    cu_seqlens = inputs.get("cu_seqlens")
-    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    initial_state = inputs.get("initial_state")
-    state_dtype = initial_state.dtype if initial_state is not None else torch.float32
-    layout = inputs.get("state_layout", "kv")
-    state_key = _state._key(k.dtype, H, HV, K, V, B * T, N, state_dtype, layout)
-    _state._launch_chunk_state(inputs, outputs, resolve_config(_state.SPEC, state_key, k.device))
+    if config["SEG"] > 1:
+        launch_segmented_state(inputs, outputs, config)
+    else:
+        cu_seqlens = inputs.get("cu_seqlens")
+        N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+        initial_state = inputs.get("initial_state")
+        state_dtype = initial_state.dtype if initial_state is not None else torch.float32
+        layout = inputs.get("state_layout", "kv")
+        state_key = _state._key(k.dtype, H, HV, K, V, B * T, N, state_dtype, layout)
+        _state._launch_chunk_state(inputs, outputs, resolve_config(_state.SPEC, state_key, k.device))
     output_inputs = {**inputs, "v_new": outputs["v_new"], "h": outputs["h"]}
     output_key = _output._key(q.dtype, H, HV, K, V, B * T)
     _output._launch_chunk_output(output_inputs, outputs, resolve_config(_output.SPEC, output_key, q.device))
@@ -290,7 +295,7 @@ def _launch_chunk_fused(inputs: dict, outputs: dict, config: Config) -> None:
     if config["FUSED"]:
         _launch_fused(inputs, outputs, config)
     else:
-        _launch_split(inputs, outputs)
+        _launch_split(inputs, outputs, config)
 
 
 def _make_outputs(
@@ -422,7 +427,14 @@ SPEC = KernelSpec(
     space=SPACE,
     default=DEFAULT,
     # The split structure's kernels belong to chunk_state's and chunk_output's hashes and tables.
-    jit_functions=(_rounded, _dot_operand, _fused_step, _chunk_fused_kernel),
+    jit_functions=(
+        _rounded,
+        _dot_operand,
+        _fused_step,
+        _chunk_fused_kernel,
+        _state._chunk_state_step,
+        *SEGMENT_JIT_FUNCTIONS,  # with the state I/O helpers of kernels/_state_io.py
+    ),
     key_for=lambda wl: _key(
         wl.dtype, wl.H, wl.HV, wl.K, wl.V, wl.tokens, wl.sequences, wl.state_dtype, wl.state_layout
     ),
