@@ -16,7 +16,8 @@ import torch
 from gdn_kernels._registry import spec_by_name
 from gdn_kernels._spec import Config, KernelSpec
 from gdn_kernels._targets import TARGETS
-from gdn_tune.storage import Measurement, Storage, SweepStatus, TrialStatus
+from gdn_tune.storage import Storage, SweepStatus
+from gdn_tune.trial_result import Measurement, TrialStatus
 
 # made_with of tables the tests write: an H200's, as the shipped sm90 tables record it.
 MADE_WITH = {

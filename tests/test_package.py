@@ -118,3 +118,10 @@ def test_unknown_target_names_the_known_ones():
     assert "unknown GPU target 'h300'" in result.output
     for name in EXPECTED_TARGETS:
         assert name in result.output
+
+
+def test_the_gpu_worker_imports_no_database():
+    # A worker process per GPU: it hands back trial results, only the sweep's process writes the database.
+    code = "import sys, gdn_tune.worker; print([m for m in ('sqlalchemy', 'alembic') if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stdout

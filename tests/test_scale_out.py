@@ -25,8 +25,9 @@ from alembic.runtime.migration import MigrationContext
 
 from gdn_kernels import Config, Key
 from gdn_tune.migrations import FIRST_REVISION, VERSION_TABLE, head_revision, upgrade_schema
-from gdn_tune.storage import BaseModel, Measurement, Storage, StorageError, TrialStatus
+from gdn_tune.storage import BaseModel, Storage, StorageError
 from gdn_tune.sweep import run_sweep
+from gdn_tune.trial_result import Measurement, TrialStatus
 
 TESTS = Path(__file__).parent
 TIMED = "_fake_kernels:TIMED_SPECS"

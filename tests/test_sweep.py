@@ -29,9 +29,9 @@ from gdn_tune.cli_sweep import parse_duration, parse_shape
 from gdn_tune.measure import ProblemBench, measure_trial
 from gdn_tune.presets import preset_by_name
 from gdn_tune.results import TRIAL_COLUMNS
-from gdn_tune.storage import TrialStatus
 from gdn_tune.sweep import GpuMismatchError, resolve_target, run_sweep
 from gdn_tune.tables import write_table
+from gdn_tune.trial_result import TrialStatus
 
 GATING = kernel_specs()["gdn_gating"]
 SMOKE_KEYS = sorted({GATING.key_for(w) for w in preset_by_name("smoke").workloads}, key=lambda k: k["T"])
@@ -473,8 +473,9 @@ def test_gpu_sweep_refuses_another_target():
 
 
 def test_neighbour_seeds_are_the_winners_of_the_nearest_buckets_of_the_same_shape(tmp_path):
-    from gdn_tune.storage import Measurement, Storage, TrialStatus
+    from gdn_tune.storage import Storage
     from gdn_tune.sweep import neighbour_seeds, plan_problems
+    from gdn_tune.trial_result import Measurement, TrialStatus
 
     storage = Storage(f"sqlite:///{tmp_path / 'seeds.db'}")
     sweep, _ = storage.open_sweep(

@@ -25,7 +25,7 @@ from typing import Any
 from gdn_kernels import Config, Key
 
 from .compile_pool import child_environment
-from .storage import Measurement, TrialStatus
+from .trial_result import Measurement, TrialStatus
 
 # A worker imports torch and triton (2 to 4 s) and, on a GPU, creates a CUDA context (~1 s): a worker
 # that is not ready in this long will not be.
