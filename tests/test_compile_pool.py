@@ -2,7 +2,7 @@
 first of them, so the others load its binary from Triton's cache instead of compiling it again."""
 
 from gdn_kernels import Workload
-from gdn_tune.compile_pool import CompileJob, compile_all
+from gdn_tune.compile import CompileJob, compile_all
 from gdn_tune.specs import available_specs
 from gdn_tune.sweep import plan_problems
 

@@ -41,9 +41,9 @@ from gdn_kernels._tables import (
 from gdn_kernels._targets import TARGETS, GpuTarget, arch_for_capability
 from gdn_kernels.gating import SPEC as GATING
 from gdn_kernels.gating import fused_gdn_gating, gating_reference
+from gdn_tune.compile import compile_check
 from gdn_tune.tables import (
     check_tables,
-    compile_check,
     diff_tables,
     merge_into_table,
     show_tables,

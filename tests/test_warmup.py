@@ -352,7 +352,8 @@ WARM_LOAD_CHECK = textwrap.dedent(
     from gdn_kernels._launch import compile_only_driver
     from gdn_kernels._warm import load_warm
     from gdn_tune.presets import preset_by_name
-    from gdn_tune.warmup import _rebuild_args, plan_warmup, target_place
+    from gdn_tune.compile import _rebuild_args
+    from gdn_tune.warmup import plan_warmup, target_place
     import importlib
 
     place, cc, target = target_place("h200")

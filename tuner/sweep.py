@@ -31,7 +31,7 @@ from typing import Any
 from gdn_kernels import Config, GpuTarget, KernelSpec, Key, Workload, target_by_name
 from gdn_kernels.tuning import BUCKET_FIELDS, TARGETS, target_for_device, unique_keys
 
-from .compile_pool import CompileJob, compile_all
+from .compile import CompileJob, CompileResult, compile_all
 from .constants import INTERPRETER_GPU_NAME
 from .measure import charged
 from .presets import preset_by_name
@@ -51,7 +51,6 @@ from .storage import (
     key_to_json,
 )
 from .strategies import Problem, Search, make_strategy
-from .tables import CompileResult
 from .worker import (
     DEFAULT_TRIAL_TIMEOUT_S,
     RetimeTask,
