@@ -4,7 +4,7 @@ first of them, so the others load its binary from Triton's cache instead of comp
 from gdn_kernels import Workload
 from gdn_tune.compile import CompileJob, compile_all
 from gdn_tune.specs import available_specs
-from gdn_tune.sweep import plan_problems
+from gdn_tune.sweep.plan import plan_problems
 
 
 def test_jobs_alike_but_for_their_bucket_follow_the_first_one(tmp_path, monkeypatch):

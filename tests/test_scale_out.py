@@ -457,13 +457,13 @@ def test_status_shows_the_processes_measuring_a_sweep(tmp_path):
 def test_gpu_workers_need_one_gpu_each_of_one_model(monkeypatch, gpus, workers, message):
     import torch
 
-    from gdn_tune.sweep import _check_gpus
+    from gdn_tune.sweep.target import check_gpus
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: gpus[i])
     with pytest.raises(ValueError, match=message):
-        _check_gpus(workers, gpus[0])
-    _check_gpus(1, gpus[0])  # one worker on the first GPU is fine
+        check_gpus(workers, gpus[0])
+    check_gpus(1, gpus[0])  # one worker on the first GPU is fine
 
 
 # On the GPU host (skipped here) ------------------------------------------------------------------

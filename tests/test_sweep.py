@@ -29,7 +29,8 @@ from gdn_tune.cli_sweep import parse_duration, parse_shape
 from gdn_tune.measure import ProblemBench, measure_trial
 from gdn_tune.presets import preset_by_name
 from gdn_tune.results import TRIAL_COLUMNS
-from gdn_tune.sweep import GpuMismatchError, resolve_target, run_sweep
+from gdn_tune.sweep import run_sweep
+from gdn_tune.sweep.target import GpuMismatchError, resolve_target
 from gdn_tune.tables import write_table
 from gdn_tune.trial_result import TrialStatus
 
@@ -352,7 +353,7 @@ def test_a_budget_stops_the_sweep_as_interrupted(tmp_path):
 @pytest.fixture
 def present(monkeypatch):
     def set_present(found):
-        monkeypatch.setattr("gdn_tune.sweep.present_gpu", lambda: found)
+        monkeypatch.setattr("gdn_tune.sweep.target.present_gpu", lambda: found)
 
     return set_present
 
@@ -474,7 +475,7 @@ def test_gpu_sweep_refuses_another_target():
 
 def test_neighbour_seeds_are_the_winners_of_the_nearest_buckets_of_the_same_shape(tmp_path):
     from gdn_tune.storage import Storage
-    from gdn_tune.sweep import neighbour_seeds, plan_problems
+    from gdn_tune.sweep.plan import neighbour_seeds, plan_problems
     from gdn_tune.trial_result import Measurement, TrialStatus
 
     storage = Storage(f"sqlite:///{tmp_path / 'seeds.db'}")

@@ -24,8 +24,9 @@ from gdn_kernels._tables import TableEntry
 from gdn_kernels.gating import SPEC as GATING
 from gdn_tune.cli import main
 from gdn_tune.presets import preset_by_name
+from gdn_tune.sweep.target import target_place
 from gdn_tune.tables import write_table
-from gdn_tune.warmup import CallProfile, counts_in_bucket, plan_warmup, target_place
+from gdn_tune.warmup import CallProfile, counts_in_bucket, plan_warmup
 
 MADE_WITH = {
     "gpu": "NVIDIA H200",
@@ -240,7 +241,7 @@ REAL_TENSOR_CHECK = textwrap.dedent(
     import json, sys, torch, triton
     import gdn_kernels
     from gdn_kernels._launch import compile_for_target, recording
-    from gdn_tune.warmup import target_place
+    from gdn_tune.sweep.target import target_place
 
     hits = []
     triton.knobs.compilation.listener = lambda **kw: hits.append(kw["cache_hit"])
@@ -353,7 +354,8 @@ WARM_LOAD_CHECK = textwrap.dedent(
     from gdn_kernels._warm import load_warm
     from gdn_tune.presets import preset_by_name
     from gdn_tune.compile import _rebuild_args
-    from gdn_tune.warmup import plan_warmup, target_place
+    from gdn_tune.sweep.target import target_place
+    from gdn_tune.warmup import plan_warmup
     import importlib
 
     place, cc, target = target_place("h200")

@@ -123,7 +123,8 @@ def warmup(
     """
     from .cli_sweep import parse_shape
     from .presets import TENSOR_PARALLEL, deployment_workloads, preset_by_name
-    from .warmup import SERVING_CALLS, CallProfile, local_place, plan_warmup, run_warmup, target_place
+    from .sweep.target import local_place, target_place
+    from .warmup import SERVING_CALLS, CallProfile, plan_warmup, run_warmup
 
     try:
         if tps and not models:

@@ -18,7 +18,6 @@ from typing import Any
 from gdn_kernels.tuning import (
     ARCHS,
     SCHEMA_VERSION,
-    TARGETS,
     GpuTarget,
     KernelSpec,
     Key,
@@ -37,6 +36,7 @@ from gdn_kernels.tuning import (
 from .compile import compile_check
 from .constants import INTERPRETER_GPU_NAME
 from .presets import preset_by_name
+from .sweep.target import target_for_table
 
 # Times are written with 6 significant digits: CUDA-event timings of one kernel vary by more than
 # 0.1 % between replays, so further digits are noise that would make identical sweeps differ in bytes.
@@ -278,16 +278,6 @@ def _bad_device_folder(folder: str) -> bool:
         return device_folder_name(folder) != folder
     except ValueError:
         return True
-
-
-def target_for_table(arch: str, device_folder: str | None) -> GpuTarget:
-    """The target a table's entries are compiled for: its GPU model when the folder names one, else the
-    arch's target with the least shared memory (a config must fit every GPU of the arch)."""
-    candidates = [t for t in TARGETS.values() if t.arch == arch]
-    if device_folder is not None:
-        named = [t for t in candidates if t.device_name_marker.lower() in device_folder.lower()]
-        candidates = named or candidates
-    return min(candidates, key=lambda t: (t.shared_memory_per_block, t.name))
 
 
 # --------------------------------------------------------------------------------------------------

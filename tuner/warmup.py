@@ -62,7 +62,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gdn_kernels import KernelSpec, Key, Workload, kernel_specs
+from gdn_kernels import Key, Workload, kernel_specs
 from gdn_kernels.tuning import TablePlace, sequence_bucket, token_bucket
 
 from .compile import (
@@ -76,6 +76,7 @@ from .compile import (
     variant_result,
     worker_environment,
 )
+from .specs import select_specs
 
 
 @dataclass(frozen=True)
@@ -430,49 +431,6 @@ def _variant_of(record: Any, kernel_names: dict[int, str]) -> Variant | None:
     return None if name is None else describe_launch(record, name)
 
 
-def local_place(device_index: int | None = None) -> tuple[TablePlace, int, str]:
-    """(tables place, compute capability as 90, description) of the local GPU, as production resolves it."""
-    import torch
-
-    from gdn_kernels.tuning import locate_tables
-
-    if not torch.cuda.is_available():
-        raise ValueError("--gpu auto needs a CUDA GPU; on a machine without one name the target (--gpu h200)")
-    device = torch.device("cuda", torch.cuda.current_device() if device_index is None else device_index)
-    place = locate_tables(device)
-    major, minor = torch.cuda.get_device_capability(device)
-    if place.arch is None:
-        raise ValueError(f"no tables apply to this GPU: {place.why_none}")
-    return (
-        place,
-        major * 10 + minor,
-        f"{place.arch} ({place.device_folder or torch.cuda.get_device_name(device)})",
-    )
-
-
-def target_place(target_name: str, device_name: str | None = None) -> tuple[TablePlace, int, str]:
-    """(tables place, compute capability, description) of a named target, for a machine without it.
-
-    `device_name` ("NVIDIA H200") selects the device folder of the tables as that GPU would.
-    """
-    from gdn_kernels.tuning import ENV_ARCH, device_folder_name, target_by_name
-
-    target = target_by_name(target_name)
-    folder = device_folder_name(device_name) if device_name else None
-    arch = os.environ.get(ENV_ARCH, "").strip() or target.arch
-    return TablePlace(arch, folder), target.cc, f"{arch} ({folder or target.name})"
-
-
-def select_specs(kernels: Sequence[str] | None) -> dict[str, KernelSpec]:
-    specs = kernel_specs()
-    if not kernels:
-        return dict(specs)
-    unknown = [k for k in kernels if k not in specs]
-    if unknown:
-        raise ValueError(f"--kernels: unknown kernel(s) {', '.join(unknown)}; known: {', '.join(specs)}")
-    return {k: specs[k] for k in kernels}
-
-
 def plan_warmup(
     workloads: Iterable[Workload],
     place: TablePlace,
@@ -491,7 +449,7 @@ def plan_warmup(
 
     from gdn_kernels.tuning import recording, resolution_report, resolving_as
 
-    specs = select_specs(kernels)
+    specs = select_specs(kernels, kernel_specs())
     profiles = [profile] if isinstance(profile, CallProfile) else list(dict.fromkeys(profile))
     for each in profiles:
         each.check()
