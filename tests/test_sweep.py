@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from gdn_kernels import Config, Workload, kernel_specs, target_by_name
 from gdn_kernels._tables import TableEntry
 from gdn_tune.cli import main
-from gdn_tune.cli_sweep import parse_duration, parse_shape
+from gdn_tune.cli.options import parse_duration, parse_shape
 from gdn_tune.measure import ProblemBench, measure_trial
 from gdn_tune.presets import preset_by_name
 from gdn_tune.results import TRIAL_COLUMNS

@@ -42,6 +42,7 @@ from sqlalchemy.pool import StaticPool
 from gdn_kernels import Config, Key
 
 from .constants import DEFAULT_DB_URL
+from .errors import DuplicateTrialError, StorageError
 from .trial_result import Measurement, TrialStatus
 
 # How long a SQLite connection waits on another writer's lock before failing. Only the sweep's main
@@ -54,14 +55,6 @@ SQLITE_BUSY_TIMEOUT_S = 30
 # worker starting (2 to 5 s: torch, triton, a CUDA context); 60 s is that many times over, and what a
 # SIGKILLed host's problems wait before another host takes them.
 DEFAULT_CLAIM_GRACE_S = 60.0
-
-
-class StorageError(RuntimeError):
-    """A database operation failed; the message names the URL and the operation."""
-
-
-class DuplicateTrialError(StorageError):
-    """A trial of this (problem, config) is already recorded (by this process or another)."""
 
 
 class SweepStatus(StrEnum):
