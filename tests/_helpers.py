@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import sqlalchemy as sa
 import torch
 
 from gdn_kernels._registry import spec_by_name
@@ -175,3 +176,14 @@ def record_sweep(
     trial = storage.record_trial(problem.id, config, Measurement(TrialStatus.OK, median_ms=time_ms))
     storage.set_winner(problem.id, trial.id, time_ms, 2 * time_ms)
     storage.close_sweep(sweep.id, SweepStatus.FINISHED)
+
+
+def execute_sql(url: str, sql: str, **params) -> list[tuple]:
+    """The rows `sql` returns from the database at `url` (none for a statement), in its own connection."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(sa.text(sql), params)
+            return [tuple(r) for r in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
