@@ -443,7 +443,9 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
 
         check = request["check"]
         extra = tuple(check["extra_specs"])
-        specs = _worker_specs.get(extra) or _worker_specs.setdefault(extra, available_specs(extra))
+        if extra not in _worker_specs:
+            _worker_specs[extra] = available_specs(extra)
+        specs = _worker_specs[extra]
         key = Key(tuple((name, value) for name, value in check["key"]))
         config = Config.from_dict(check["config"])
         result = compile_check(specs[check["kernel"]], key, config, target_by_name(check["target"]))
@@ -537,13 +539,16 @@ def run_on_workers(
 ) -> None:
     """Send each item's request to one of `workers` compile workers, the items of one batch in order on
     one worker; `on_answer(item, answer, None)`, or `(item, None, exit_code)` when the worker died on it
-    (a fresh one then takes its place). `on_answer` is called under a lock, one answer at a time.
+    (a fresh one then takes its place). `on_answer` runs in the caller's thread, one answer at a time.
+    An exception there or in the caller (Ctrl-C) kills the workers, and no answer follows it.
     RuntimeError when workers die on start, before any answer."""
     if not batches:
         return
     pending: queue.Queue[Sequence[Item]] = queue.Queue()
     for batch in batches:
         pending.put(batch)
+    answers: queue.Queue[tuple[Item, dict[str, Any] | None, int | None] | None] = queue.Queue()
+    stopping = threading.Event()
     lock = threading.Lock()
     live: set[CompileWorker] = set()
     start_failures: list[str] = []
@@ -567,18 +572,19 @@ def run_on_workers(
     def serve() -> None:
         worker = started()
         try:
-            while worker is not None:
+            while worker is not None and not stopping.is_set():
                 try:
                     batch = list(pending.get_nowait())
                 except queue.Empty:
                     return
-                while batch and worker is not None:
+                while batch and worker is not None and not stopping.is_set():
                     item = batch.pop(0)
                     answer = worker.request(request_of(item))
                     if answer is None:
                         retire(worker)
-                    with lock:
-                        on_answer(item, answer, None if answer is not None else worker.process.returncode)
+                        if stopping.is_set():
+                            return  # killed by the caller, not by the item
+                    answers.put((item, answer, None if answer is not None else worker.process.returncode))
                     if answer is None:
                         worker = started()
                 if batch:  # no worker to finish it here; another may
@@ -586,18 +592,27 @@ def run_on_workers(
         finally:
             if worker is not None:
                 retire(worker)
+            answers.put(None)  # this thread is done
 
     threads = [threading.Thread(target=serve, daemon=True) for _ in range(max(1, workers))]
+    for thread in threads:
+        thread.start()
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        running = len(threads)
+        while running:
+            got = answers.get()
+            if got is None:
+                running -= 1
+            else:
+                on_answer(*got)
     except BaseException:
+        stopping.set()
         with lock:
-            for worker in live:
+            for worker in list(live):
                 worker.kill()
         raise
+    for thread in threads:
+        thread.join()
     if not pending.empty():
         raise RuntimeError(f"compile workers die before compiling anything ({start_failures[0]})")
 
