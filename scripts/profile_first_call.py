@@ -332,7 +332,7 @@ def cpu_child(case: str, mode: str) -> None:
     import gdn_kernels
     from gdn_kernels._launch import _LaunchPlan, compile_only_driver, prepare_first_launch, recording
     from gdn_kernels.tuning import resolving_as
-    from gdn_tune.warmup import target_place
+    from gdn_tune.sweep.target import target_place
 
     _, H, HV, lengths = next(c for c in PREFILL_CASES if c[0] == case)
     T, N, meta = sum(lengths), len(lengths), torch.device("meta")

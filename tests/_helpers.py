@@ -11,12 +11,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import sqlalchemy as sa
 import torch
 
 from gdn_kernels._registry import spec_by_name
 from gdn_kernels._spec import Config, KernelSpec
 from gdn_kernels._targets import TARGETS
-from gdn_tune.storage import Measurement, Storage, SweepStatus, TrialStatus
+from gdn_tune.storage import Storage, SweepStatus
+from gdn_tune.trial_result import Measurement, TrialStatus
 
 # made_with of tables the tests write: an H200's, as the shipped sm90 tables record it.
 MADE_WITH = {
@@ -174,3 +176,14 @@ def record_sweep(
     trial = storage.record_trial(problem.id, config, Measurement(TrialStatus.OK, median_ms=time_ms))
     storage.set_winner(problem.id, trial.id, time_ms, 2 * time_ms)
     storage.close_sweep(sweep.id, SweepStatus.FINISHED)
+
+
+def execute_sql(url: str, sql: str, **params) -> list[tuple]:
+    """The rows `sql` returns from the database at `url` (none for a statement), in its own connection."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(sa.text(sql), params)
+            return [tuple(r) for r in result] if result.returns_rows else []
+    finally:
+        engine.dispose()

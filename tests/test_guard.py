@@ -39,7 +39,7 @@ GUARD_CHILD = textwrap.dedent(
     from gdn_kernels import _warm
     from gdn_kernels._launch import compile_only_driver, prepare_first_launch, recording
     from gdn_kernels.tuning import resolving_as
-    from gdn_tune.warmup import target_place
+    from gdn_tune.sweep.target import target_place
 
     if spec.get("driver"):
         _warm.driver_cuda_version = lambda: spec["driver"]  # the CPU has no CUDA driver to ask

@@ -6,16 +6,15 @@ import pytest
 
 from gdn_kernels import Config, Key
 from gdn_tune.storage import (
-    Measurement,
     Storage,
     StorageError,
     SweepStatus,
-    TrialStatus,
     config_from_json,
     config_to_json,
     key_from_json,
     key_to_json,
 )
+from gdn_tune.trial_result import Measurement, TrialStatus
 
 KEY = Key((("dtype", "bfloat16"), ("HV", 4), ("T", 128)))
 FAST = Config.of(BLOCK=256, num_warps=2, num_stages=1)

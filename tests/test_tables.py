@@ -13,21 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 from _helpers import MADE_WITH
+from _rowsum import ROWSUM, rowsum_key
 
 from gdn_kernels import Workload, _tables, kernel_specs
-from gdn_kernels._launch import launch
 from gdn_kernels._spec import (
     Config,
-    Constraint,
-    KernelSpec,
-    Param,
-    SearchSpace,
     relative_error,
-    stages,
-    warps,
 )
 from gdn_kernels._tables import (
     TableEntry,
@@ -38,12 +30,11 @@ from gdn_kernels._tables import (
     resolution_report,
     resolve_config,
 )
-from gdn_kernels._targets import TARGETS, GpuTarget, arch_for_capability
+from gdn_kernels._targets import arch_for_capability
 from gdn_kernels.gating import SPEC as GATING
 from gdn_kernels.gating import fused_gdn_gating, gating_reference
 from gdn_tune.tables import (
     check_tables,
-    compile_check,
     diff_tables,
     merge_into_table,
     show_tables,
@@ -53,52 +44,6 @@ from gdn_tune.tables import (
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
-
-
-# --------------------------------------------------------------------------------------------------
-# A fake kernel: a row sum whose BLOCK needs no power of two (so a compile error can be provoked) and
-# must cover the bucket it serves (so a neighbour's config can be wrong for a key).
-
-
-@triton.jit
-def _rowsum_kernel(x, y, n, BLOCK: tl.constexpr):
-    o_x = tl.arange(0, BLOCK)
-    b_x = tl.load(x + o_x, mask=o_x < n, other=0.0)
-    tl.store(y, tl.sum(b_x, axis=0))
-
-
-def _rowsum_inputs(key, device, seed):
-    return {"x": torch.randn(key["T"]).to(device)}
-
-
-def _rowsum_launch(inputs, outputs, config):
-    launch(_rowsum_kernel, (1,), config, x=inputs["x"], y=outputs["y"], n=inputs["x"].numel())
-
-
-ROWSUM = KernelSpec(
-    name="fake_rowsum",
-    doc="row sum",
-    key_fields=("dtype", "V", "T"),
-    space=SearchSpace(
-        params=(
-            Param("BLOCK", (64, 128, 256), power_of_two=False, lo=1, hi=4096),
-            warps(1, 4),
-            stages(1),
-        ),
-        constraints=(Constraint("BLOCK covers T", lambda c, k: c["BLOCK"] >= k["T"]),),
-    ),
-    default=Config.of(BLOCK=4096, num_warps=4, num_stages=1),
-    jit_functions=(_rowsum_kernel,),
-    key_for=lambda w: ROWSUM.key(dtype=w.dtype, V=w.V, T=w.tokens),
-    make_inputs=_rowsum_inputs,
-    make_outputs=lambda inputs: {"y": torch.empty(1, device=inputs["x"].device)},
-    launch=_rowsum_launch,
-    reference=lambda inputs: {"y": inputs["x"].double().sum().reshape(1)},
-)
-
-
-def rowsum_key(T: int, V: int = 128):
-    return ROWSUM.key(dtype="float32", V=V, T=T)
 
 
 def gating_key(T: int, HV: int = 8):
@@ -652,35 +597,6 @@ def test_merge_replaces_swept_keys_and_keeps_the_others(tmp_path):
 
 # --------------------------------------------------------------------------------------------------
 # Compiling for a target
-
-
-def test_compile_check_reports_compile_errors_and_shared_memory():
-    key = rowsum_key(64)
-    h200 = TARGETS["h200"]
-    fits = compile_check(ROWSUM, key, Config.of(BLOCK=64, num_warps=4, num_stages=1), h200)
-    assert fits.ok and fits.error is None and fits.shared_bytes is not None and fits.shared_bytes > 0
-    tiny = GpuTarget("tiny", "sm90", (9, 0), fits.shared_bytes - 1, 1, "tiny")
-    too_big = compile_check(ROWSUM, key, Config.of(BLOCK=64, num_warps=4, num_stages=1), tiny)
-    assert not too_big.ok and "shared memory" in too_big.error
-    broken = compile_check(ROWSUM, key, Config.of(BLOCK=96, num_warps=4, num_stages=1), h200)
-    assert not broken.ok and "does not compile" in broken.error and "power of 2" in broken.error
-    invalid = compile_check(ROWSUM, key, Config.of(BLOCK=64, num_warps=3, num_stages=1), h200)
-    assert not invalid.ok and "num_warps" in invalid.error
-
-
-def test_compile_check_sees_the_shared_memory_of_the_launch_as_specialised():
-    """On an H200 this config failed at launch (OutOfResources: Required 246540, limit 232448) after
-    passing the check, which compiled without Triton's argument specialisation (66316 bytes then) and,
-    under the interpreter, with INTERPRETED=True (65536 bytes)."""
-    from gdn_kernels.chunk_state import SPEC as CHUNK_STATE
-
-    key = CHUNK_STATE.key(
-        dtype="bfloat16", H=16, HV=64, K=128, V=128, T=8192, N=1, state_dtype="float32", state_layout="kv"
-    )
-    config = Config.of(BV=128, num_warps=8, num_stages=4)
-    result = compile_check(CHUNK_STATE, key, config, TARGETS["h200"])
-    assert not result.ok and result.shared_bytes == 246540
-    assert result.error == "needs 246540 bytes of shared memory, h200 has 232448"
 
 
 # --------------------------------------------------------------------------------------------------

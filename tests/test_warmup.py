@@ -1,4 +1,4 @@
-"""`gdn-tune warmup`: argument handling, the plan (every spec × workload of a preset reached, tables
+"""`gdn-tune warmup` (gdn_tune.warmup; its arguments are in test_cli_warmup.py): the plan (every spec × workload of a preset reached, tables
 honoured, every integer specialisation class planned), real sm90 compiles into a Triton cache on the
 CPU, and the proof that matters on the GPU host: production calls after a warmup compile nothing.
 
@@ -24,8 +24,9 @@ from gdn_kernels._tables import TableEntry
 from gdn_kernels.gating import SPEC as GATING
 from gdn_tune.cli import main
 from gdn_tune.presets import preset_by_name
+from gdn_tune.sweep.target import target_place
 from gdn_tune.tables import write_table
-from gdn_tune.warmup import CallProfile, counts_in_bucket, plan_warmup, target_place
+from gdn_tune.warmup import CallProfile, counts_in_bucket, plan_warmup
 
 MADE_WITH = {
     "gpu": "NVIDIA H200",
@@ -56,46 +57,6 @@ def test_counts_in_bucket_meet_every_specialisation_class_inside_the_bucket(coun
     assert {bucket(c) for c in counts} == {bucket(count)}
     if len(counts) >= 16:  # every residue mod 16 is met
         assert {c % 16 for c in counts} == set(range(16))
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--preset", "nope", "--gpu", "h200"], "unknown preset 'nope'"),
-        (["--preset", "smoke", "--gpu", "h200", "--kernels", "chunk_state,nope"], "unknown kernel(s) nope"),
-        (["--preset", "smoke", "--gpu", "nope"], "unknown GPU target 'nope'"),
-        (["--shape", "H=1,HV=2,K=32", "--gpu", "h200"], "T"),
-        (["--preset", "smoke", "--gpu", "h200", "--device-name", "../x"], "cannot name a table folder"),
-        (["--preset", "smoke", "--device-name", "NVIDIA H200"], "--device-name goes with a named --gpu"),
-        (["--preset", "smoke", "--gpu", "h200", "--jobs", "0"], "--jobs"),
-        (["--preset", "smoke", "--gpu", "h200", "--beta-dtype", "int8"], "--beta-dtype"),
-        (["--model", "nope", "--gpu", "h200"], "unknown model 'nope'; known models: qwen3-next-80b-a3b"),
-        (["--model", "qwen3.5-35b-a3b", "--tp", "3", "--gpu", "h200"], "is sharded at TP 1, 2, 4, 8"),
-        (["--tp", "2", "--gpu", "h200"], "--tp goes with --model"),
-        (
-            ["--model", "qwen3.5-35b-a3b", "--no-varlen", "--gpu", "h200"],
-            "--varlen go with --preset or --shape",
-        ),
-    ],
-    ids=[
-        "preset",
-        "kernel",
-        "target",
-        "shape",
-        "device-name",
-        "device-name-auto",
-        "jobs",
-        "beta",
-        "model",
-        "tp",
-        "tp-alone",
-        "model-with-flags",
-    ],
-)
-def test_bad_arguments_are_clear_errors(args, message):
-    result = CliRunner().invoke(main, ["warmup", *args])
-    assert result.exit_code != 0
-    assert message in result.output, result.output
 
 
 def test_auto_without_a_gpu_and_the_interpreter_are_refused():
@@ -242,7 +203,7 @@ REAL_TENSOR_CHECK = textwrap.dedent(
     import json, sys, torch, triton
     import gdn_kernels
     from gdn_kernels._launch import compile_for_target, recording
-    from gdn_tune.warmup import target_place
+    from gdn_tune.sweep.target import target_place
 
     hits = []
     triton.knobs.compilation.listener = lambda **kw: hits.append(kw["cache_hit"])
@@ -354,7 +315,9 @@ WARM_LOAD_CHECK = textwrap.dedent(
     from gdn_kernels._launch import compile_only_driver
     from gdn_kernels._warm import load_warm
     from gdn_tune.presets import preset_by_name
-    from gdn_tune.warmup import _rebuild_args, plan_warmup, target_place
+    from gdn_tune.compile import _rebuild_args
+    from gdn_tune.sweep.target import target_place
+    from gdn_tune.warmup import plan_warmup
     import importlib
 
     place, cc, target = target_place("h200")

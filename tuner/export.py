@@ -27,7 +27,8 @@ from typing import Any
 from gdn_kernels import GpuTarget, KernelSpec, Key
 from gdn_kernels.tuning import TableEntry, make_folder, write_text_atomically
 
-from .results import UnknownSweepError, WinnerRow, winners
+from .errors import ExportRefused, UnknownSweepError
+from .results import WinnerRow, winners
 from .specs import available_specs, extra_spec_paths
 from .storage import Storage
 from .tables import (
@@ -77,11 +78,6 @@ def made_with(rows: Sequence[WinnerRow], kernel_hash: str) -> dict[str, Any]:
         "sweep_id": latest.sweep_id,
         "interpret": latest.interpret,  # true: times are CPU wall clock, not GPU timings
     }
-
-
-class ExportRefused(ValueError):
-    """The export would write what a table must not hold (interpreter timings without the opt-in,
-    entries of two GPUs under one provenance); nothing was written."""
 
 
 def _sweep_list(rows: Sequence[WinnerRow]) -> str:

@@ -29,7 +29,7 @@ import torch
 from gdn_kernels import Config, KernelSpec, Key
 from gdn_kernels.tuning import compare_outputs
 
-from .storage import Measurement, TrialStatus
+from .trial_result import Measurement, TrialStatus
 
 # Time budget of one trial's repetitions. Triton's do_bench uses 100 ms; a kernel here runs 5 µs to
 # 4 ms, so 100 ms is 25 to 20 000 replays, enough for a median stable to well under 1 %.

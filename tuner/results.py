@@ -17,6 +17,7 @@ from gdn_kernels import Config, Key
 from gdn_kernels.tuning import replaced_atomically
 
 from .constants import TRIAL_COLUMNS
+from .errors import UnknownSweepError
 from .storage import (
     ProblemModel,
     Storage,
@@ -28,10 +29,6 @@ from .storage import (
     database_now,
     key_from_json,
 )
-
-
-class UnknownSweepError(ValueError):
-    """A sweep id given on the command line names no sweep (of the target) in the database."""
 
 
 @dataclass(frozen=True)

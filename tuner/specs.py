@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from gdn_kernels import KernelSpec, kernel_specs
 
@@ -47,3 +47,14 @@ def available_specs(extra_paths: Sequence[str] = ()) -> dict[str, KernelSpec]:
                 raise ValueError(f"extra spec {path!r}: a kernel named {spec.name!r} already exists")
             specs[spec.name] = spec
     return specs
+
+
+def select_specs(names: Sequence[str] | None, specs: Mapping[str, KernelSpec]) -> dict[str, KernelSpec]:
+    """The specs called `names` (a sweep's or a warm-up's --kernels), in that order and without repeats;
+    every one of `specs` when no name is given. A ValueError names the unknown ones and the known."""
+    if not names:
+        return dict(specs)
+    unknown = [name for name in names if name not in specs]
+    if unknown:
+        raise ValueError(f"unknown kernel(s) {', '.join(unknown)}; known kernels: {', '.join(specs)}")
+    return {name: specs[name] for name in dict.fromkeys(names)}

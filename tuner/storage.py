@@ -42,6 +42,8 @@ from sqlalchemy.pool import StaticPool
 from gdn_kernels import Config, Key
 
 from .constants import DEFAULT_DB_URL
+from .errors import DuplicateTrialError, StorageError
+from .trial_result import Measurement, TrialStatus
 
 # How long a SQLite connection waits on another writer's lock before failing. Only the sweep's main
 # process writes, so this covers readers (`gdn-tune status` during a sweep) and Optuna's own engine.
@@ -53,22 +55,6 @@ SQLITE_BUSY_TIMEOUT_S = 30
 # worker starting (2 to 5 s: torch, triton, a CUDA context); 60 s is that many times over, and what a
 # SIGKILLed host's problems wait before another host takes them.
 DEFAULT_CLAIM_GRACE_S = 60.0
-
-
-class StorageError(RuntimeError):
-    """A database operation failed; the message names the URL and the operation."""
-
-
-class DuplicateTrialError(StorageError):
-    """A trial of this (problem, config) is already recorded (by this process or another)."""
-
-
-class TrialStatus(StrEnum):
-    OK = "ok"  # correct, deterministic, timed
-    INFEASIBLE = "infeasible"  # failed to compile for the target or needs more shared memory than it has
-    WRONG = "wrong"  # ran, but missed the reference or differed between two runs
-    CRASHED = "crashed"  # raised, or took its worker process down (abort, illegal address)
-    TIMEOUT = "timeout"  # its worker hung past the trial timeout and was killed
 
 
 class SweepStatus(StrEnum):
@@ -227,22 +213,6 @@ class WinnerModel(BaseModel):
     chosen_at: Mapped[datetime] = mapped_column(sa.DateTime, default=_now)
 
     __table_args__ = (sa.UniqueConstraint("problem_id", name="winner_per_problem"),)
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """What a finished trial hands to `Storage.record_trial`; every field but status may be unknown."""
-
-    status: TrialStatus
-    median_ms: float | None = None
-    min_ms: float | None = None
-    max_ms: float | None = None
-    spread_ms: float | None = None
-    repetitions: int | None = None
-    rel_error: float | None = None
-    compile_seconds: float | None = None
-    shared_bytes: int | None = None
-    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from typing import Any
 from gdn_kernels.tuning import write_text_atomically
 
 from .results import sweep_rows, trial_rows, winners
-from .storage import Storage, TrialStatus
+from .storage import Storage
+from .trial_result import TrialStatus
 
 STATUSES = tuple(s.value for s in TrialStatus)
 # Consecutive trial commits further apart than this belong to different runs of a resumed sweep (the

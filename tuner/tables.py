@@ -1,4 +1,5 @@
-"""Tables on the tuner side: compile a config for a target, write tables, check, show and diff them.
+"""Tables on the tuner side: write tables, check, show and diff them (compiling an entry for its target
+is `compile.compile_check`).
 
 The tuner reads tables with the runtime's own reader (`gdn_kernels.tuning.load_table`: validation
 lives there, so the tuner checks exactly what a serving process accepts); this module writes them and
@@ -9,178 +10,37 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
-import threading
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triton.runtime.jit import JITFunction
-
 from gdn_kernels.tuning import (
     ARCHS,
     SCHEMA_VERSION,
-    TARGETS,
-    Config,
     GpuTarget,
     KernelSpec,
     Key,
-    LaunchRecord,
     Table,
     TableEntry,
     TableProblem,
     arch_for_capability,
-    compile_for_target,
     device_folder_name,
     kernel_specs,
     load_table,
-    recording,
     shipped_tables_dir,
     unique_keys,
     write_text_atomically,
 )
-from gdn_tune.constants import INTERPRETER_GPU_NAME
-from gdn_tune.presets import preset_by_name
-from gdn_tune.warmup import Variant, _specialisation, _Worker, describe_launch, worker_environment
+
+from .compile import compile_check
+from .constants import INTERPRETER_GPU_NAME
+from .presets import preset_by_name
+from .sweep.target import target_for_table
 
 # Times are written with 6 significant digits: CUDA-event timings of one kernel vary by more than
 # 0.1 % between replays, so further digits are noise that would make identical sweeps differ in bytes.
 TIME_DIGITS = 6
-
-
-# --------------------------------------------------------------------------------------------------
-# Compiling a config for a target (no GPU needed)
-
-
-@dataclass(frozen=True)
-class CompileResult:
-    """Whether a config compiles for a target and fits its shared memory; `error` says why not."""
-
-    ok: bool
-    shared_bytes: int | None  # the largest need of the launches, None when nothing compiled
-    error: str | None
-    seconds: float
-
-
-def _first_lines(error: BaseException | str, limit: int = 400) -> str:
-    """A compile error in a few hundred characters: Triton's messages can run to pages of MLIR."""
-    text = (error if isinstance(error, str) else f"{type(error).__name__}: {error}").strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# Compiled launches by (Triton's specialisation of the launch, cc): keys that differ only in a runtime
-# size (most token buckets) compile to the same binary, so `check` compiles it once, and a config that
-# fails is not compiled again for the next key.
-_compiled: dict[tuple[Any, ...], int | str] = {}
-
-
-def _compile_shared_bytes(record: LaunchRecord, cc: int) -> int | str:
-    """Shared memory the launch needs on `cc`, as the launch would compile there, or why it does not compile.
-
-    Both paths compile through `compile_for_target`, as `gdn-tune warmup` does: the kernel's JIT entry
-    specialises the arguments as a launch does, which changes the kernel (chunk_state BV=128 w8 s4 needs
-    66316 bytes compiled from argument types alone, 246540 as launched on an H200).
-    """
-    interpreted = not isinstance(record.kernel, JITFunction)
-    # An interpreted kernel has no parameter list; a JITFunction of the same Python function has.
-    jit = _as_jit(record) if interpreted else record
-    try:
-        variant = describe_launch(jit, record.kernel.__name__)
-    except (TypeError, ValueError) as e:  # e.g. a pointer off 16-byte alignment: no Variant says that
-        if interpreted:
-            return f"cannot pass the launch to the compile worker: {e}"
-        variant = None
-    memo_key = (_specialisation(variant), cc) if variant is not None else None
-    if memo_key is not None and memo_key in _compiled:
-        return _compiled[memo_key]
-    if interpreted:
-        assert variant is not None
-        outcome = _compile_in_worker(variant, cc)
-    else:
-        try:
-            outcome = int(compile_for_target(record, cc).metadata.shared)
-        except Exception as e:
-            outcome = _first_lines(e)
-    if memo_key is not None:
-        _compiled[memo_key] = outcome
-    return outcome
-
-
-def _as_jit(record: LaunchRecord) -> LaunchRecord:
-    """An interpreted launch as a GPU process makes it: a JITFunction of the same Python function, and
-    INTERPRETED=False (kernels take the interpreter's workarounds as that constexpr, which launchers
-    set from TRITON_INTERPRET=1 at import; compiled with it set, chunk_state BV=128 w8 s4 needs 65536
-    bytes instead of 246540)."""
-    args = record.args | ({"INTERPRETED": False} if "INTERPRETED" in record.args else {})
-    return LaunchRecord(JITFunction(record.kernel.fn), args, record.num_warps, record.num_stages)
-
-
-# Under TRITON_INTERPRET=1 (CPU runs, CI) `@triton.jit` makes InterpretedFunctions, which Triton's
-# compiler cannot take, and the variable is read when a kernel is decorated. So those launches are
-# compiled by `gdn-tune warmup`'s worker process, started without it, which imports the kernel's module
-# afresh. One worker per compute capability serves the whole process: its start (importing torch and
-# triton) costs about 4 s on this CPU.
-_workers: dict[int, _Worker] = {}
-_workers_lock = threading.Lock()
-
-
-def _compile_in_worker(variant: Variant, cc: int) -> int | str:
-    with _workers_lock:
-        worker = _workers.get(cc)
-        if worker is None or worker.process.poll() is not None:
-            env = worker_environment(None)
-            # Spec modules loaded from extra paths must import in the worker too.
-            env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-            worker = _workers[cc] = _Worker(cc, env)
-        compiled = worker.compile(variant)
-    if compiled is None:
-        return "the compile worker died"
-    if compiled.error is not None:
-        return _first_lines(compiled.error)
-    assert compiled.shared_bytes is not None
-    return compiled.shared_bytes
-
-
-def compile_check(spec: KernelSpec, key: Key, config: Config, target: GpuTarget) -> CompileResult:
-    """Compile every launch `spec` makes for `key` with `config` for `target`; check shared memory.
-
-    Inputs live on the "meta" device, so no memory is touched and no GPU is needed: the launcher's
-    launches are recorded and compiled by `compile_for_target`, with the specialisation a launch on
-    the target gets (shared memory depends on it), under a driver that names the target.
-    """
-    start = time.perf_counter()
-
-    def result(ok: bool, shared: int | None, error: str | None) -> CompileResult:
-        return CompileResult(ok, shared, error, time.perf_counter() - start)
-
-    problems = spec.space.problems(config, key)
-    if problems:
-        return result(False, None, "invalid config: " + "; ".join(problems))
-    try:
-        inputs = spec.make_inputs(key, "meta", 0)
-        outputs = spec.make_outputs(inputs)
-        with recording() as records:
-            spec.launch(inputs, outputs, config)
-    except Exception as e:  # a launcher that cannot even build its launch is a failed config
-        return result(False, None, f"launcher failed: {_first_lines(e)}")
-    if not records:
-        return result(False, None, "the launcher recorded no kernel launch")
-    shared = 0
-    for record in records:
-        outcome = _compile_shared_bytes(record, target.cc)
-        if isinstance(outcome, str):
-            return result(False, None, f"{record.kernel.__name__} does not compile: {outcome}")
-        shared = max(shared, outcome)
-    if shared > target.shared_memory_per_block:
-        return result(
-            False,
-            shared,
-            f"needs {shared} bytes of shared memory, {target.name} has {target.shared_memory_per_block}",
-        )
-    return result(True, shared, None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,16 +278,6 @@ def _bad_device_folder(folder: str) -> bool:
         return device_folder_name(folder) != folder
     except ValueError:
         return True
-
-
-def target_for_table(arch: str, device_folder: str | None) -> GpuTarget:
-    """The target a table's entries are compiled for: its GPU model when the folder names one, else the
-    arch's target with the least shared memory (a config must fit every GPU of the arch)."""
-    candidates = [t for t in TARGETS.values() if t.arch == arch]
-    if device_folder is not None:
-        named = [t for t in candidates if t.device_name_marker.lower() in device_folder.lower()]
-        candidates = named or candidates
-    return min(candidates, key=lambda t: (t.shared_memory_per_block, t.name))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ How, and why this way rather than calling the public functions on real GPU tenso
    token bucket holds counts of every residue, so each bucket is called with its top 16 counts (and 1
    where the bucket holds it); the launches are then deduplicated (a few hundred variants for the
    default preset instead of one per call).
-2. **Compile** (`run_warmup`, `--jobs` worker processes). Each variant goes through Triton's own JIT entry,
+2. **Compile** (`run_warmup`, `--jobs` compile workers, `gdn_tune.compile`'s one protocol). Each variant goes through Triton's own JIT entry,
    `JITFunction.warmup(...)` (`run(warmup=True)`: the same binder, specialisation and cache key as a
    launch, minus the launch), by `gdn_kernels.tuning.compile_for_target`, which the sweep's compile
    check shares: it compiles under a compile-only driver that reports the target GPU and touches no
@@ -56,26 +56,27 @@ TRITON_DISABLE_LINE_INFO, ...): run the warmup with the server's environment.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import queue
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gdn_kernels import KernelSpec, Key, Workload, kernel_specs
+from gdn_kernels import Key, Workload, kernel_specs
 from gdn_kernels.tuning import TablePlace, sequence_bucket, token_bucket
 
-# Triton 3.6 specialises an integer argument on divisibility by 16 (and == 1): calling each bucket with
-# its top 16 counts meets every residue mod 16.
-INT_ALIGNMENT = 16
-# One line of a worker's stdout that carries a result; anything else a compiler prints is passed on.
-RESULT_PREFIX = "@@gdn-warmup "
+from .compile import (
+    INT_ALIGNMENT,
+    Variant,
+    VariantResult,
+    describe_launch,
+    run_on_workers,
+    specialisation_key,
+    variant_request,
+    variant_result,
+    worker_environment,
+)
+from .specs import select_specs
 
 
 @dataclass(frozen=True)
@@ -155,52 +156,6 @@ class PlannedKey:
         }
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One compilation: a kernel function, its arguments as Triton specialises them, warps and stages.
-
-    `args` holds (name, description) in the kernel's parameter order: a tensor is ("tensor", dtype), a
-    runtime integer or float ("int", value) or ("float", value) (the value stands for its
-    specialisation class, all the compiler sees of it); constexprs, None and bools are kept as is.
-    """
-
-    kernel: str  # spec name (gdn_gating, chunk_state, ...)
-    module: str  # where the @triton.jit function lives
-    function: str
-    args: tuple[tuple[str, Any], ...]
-    num_warps: int
-    num_stages: int
-
-    @property
-    def label(self) -> str:
-        shown = [f"{n}={v}" for n, v in self.args if v is not None and not isinstance(v, tuple)]
-        # Runtime integers by their specialisation class, which is what tells two variants apart.
-        for n, v in self.args:
-            if _runtime_arg(v, "int") and (v[1] == 1 or v[1] % INT_ALIGNMENT == 0):
-                shown.append(f"{n}=1" if v[1] == 1 else f"{n}%16=0")
-        return f"{self.function}[w{self.num_warps} s{self.num_stages}]({','.join(shown)})"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kernel": self.kernel,
-            "module": self.module,
-            "function": self.function,
-            "args": [[n, v] for n, v in self.args],
-            "num_warps": self.num_warps,
-            "num_stages": self.num_stages,
-        }
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Variant:
-        args = tuple((n, tuple(v) if isinstance(v, list) else v) for n, v in raw["args"])
-        return cls(raw["kernel"], raw["module"], raw["function"], args, raw["num_warps"], raw["num_stages"])
-
-
-def _runtime_arg(value: Any, kind: str) -> bool:
-    """Whether an argument description is a runtime argument of `kind` ("tensor", "int", "float")."""
-    return isinstance(value, tuple) and len(value) == 2 and value[0] == kind
-
-
 @dataclass
 class WarmupPlan:
     target: str  # what the tables resolved as: "sm90 (NVIDIA_H200)"
@@ -233,19 +188,6 @@ class WarmupPlan:
             "calls": self.calls,
             "plan_seconds": round(self.plan_seconds, 3),
         }
-
-
-@dataclass(frozen=True)
-class VariantResult:
-    label: str
-    kernel: str
-    status: str  # "compiled" (now), "cached" (already in the cache), "failed"
-    seconds: float
-    shared_bytes: int | None = None
-    error: str | None = None
-    # Triton's C launcher for the kernel's signature: "built" (or found) in the cache, or why not.
-    launcher: str = ""
-    c_modules: int = 0  # C module files (launcher, driver utilities) found for a bundle
 
 
 @dataclass
@@ -484,88 +426,9 @@ def _serving_decode_calls(workload: Workload, sequences: int, profile: CallProfi
 _SERVING_DECODE_PHASES = ("decode_gated", "decode_packed", "spec_decode")
 
 
-def _describe_arg(param: Any, value: Any) -> Any:
-    """What the compiler sees of one argument, in JSON-able form (see `Variant`)."""
-    if hasattr(value, "data_ptr") and hasattr(value, "dtype"):
-        if value.data_ptr() % INT_ALIGNMENT:
-            raise ValueError(f"argument {param.name}: a recorded pointer is not 16-byte aligned")
-        return ("tensor", str(value.dtype).removeprefix("torch."))
-    if param.is_constexpr or value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        return ("int", value)
-    if isinstance(value, float):
-        return ("float", value)
-    raise TypeError(f"argument {param.name}: cannot describe {value!r} for a warmup")
-
-
 def _variant_of(record: Any, kernel_names: dict[int, str]) -> Variant | None:
     name = kernel_names.get(id(record.kernel))
     return None if name is None else describe_launch(record, name)
-
-
-def _specialisation(variant: Variant) -> tuple:
-    """A dedup key at least as fine as Triton's specialisation: two variants with one key compile once."""
-
-    def cls(value: Any) -> Any:
-        if _runtime_arg(value, "int"):
-            number = value[1]
-            width = "i32" if -(2**31) <= number < 2**31 else "i64"
-            return ("int", width, number == 1, number % INT_ALIGNMENT == 0)
-        if _runtime_arg(value, "float"):
-            return ("float",)  # Triton never specialises a runtime float
-        return value
-
-    return (
-        variant.module,
-        variant.function,
-        tuple((n, cls(v)) for n, v in variant.args),
-        variant.num_warps,
-        variant.num_stages,
-    )
-
-
-def local_place(device_index: int | None = None) -> tuple[TablePlace, int, str]:
-    """(tables place, compute capability as 90, description) of the local GPU, as production resolves it."""
-    import torch
-
-    from gdn_kernels.tuning import locate_tables
-
-    if not torch.cuda.is_available():
-        raise ValueError("--gpu auto needs a CUDA GPU; on a machine without one name the target (--gpu h200)")
-    device = torch.device("cuda", torch.cuda.current_device() if device_index is None else device_index)
-    place = locate_tables(device)
-    major, minor = torch.cuda.get_device_capability(device)
-    if place.arch is None:
-        raise ValueError(f"no tables apply to this GPU: {place.why_none}")
-    return (
-        place,
-        major * 10 + minor,
-        f"{place.arch} ({place.device_folder or torch.cuda.get_device_name(device)})",
-    )
-
-
-def target_place(target_name: str, device_name: str | None = None) -> tuple[TablePlace, int, str]:
-    """(tables place, compute capability, description) of a named target, for a machine without it.
-
-    `device_name` ("NVIDIA H200") selects the device folder of the tables as that GPU would.
-    """
-    from gdn_kernels.tuning import ENV_ARCH, device_folder_name, target_by_name
-
-    target = target_by_name(target_name)
-    folder = device_folder_name(device_name) if device_name else None
-    arch = os.environ.get(ENV_ARCH, "").strip() or target.arch
-    return TablePlace(arch, folder), target.cc, f"{arch} ({folder or target.name})"
-
-
-def select_specs(kernels: Sequence[str] | None) -> dict[str, KernelSpec]:
-    specs = kernel_specs()
-    if not kernels:
-        return dict(specs)
-    unknown = [k for k in kernels if k not in specs]
-    if unknown:
-        raise ValueError(f"--kernels: unknown kernel(s) {', '.join(unknown)}; known: {', '.join(specs)}")
-    return {k: specs[k] for k in kernels}
 
 
 def plan_warmup(
@@ -586,7 +449,7 @@ def plan_warmup(
 
     from gdn_kernels.tuning import recording, resolution_report, resolving_as
 
-    specs = select_specs(kernels)
+    specs = select_specs(kernels, kernel_specs())
     profiles = [profile] if isinstance(profile, CallProfile) else list(dict.fromkeys(profile))
     for each in profiles:
         each.check()
@@ -627,7 +490,7 @@ def plan_warmup(
                         for record in records:
                             variant = _variant_of(record, kernel_names)
                             if variant is not None:
-                                variants.setdefault(_specialisation(variant), variant)
+                                variants.setdefault(specialisation_key(variant), variant)
         resolved = {
             (r.kernel, r.key): r for r in resolution_report() if torch.device(r.device).type == "meta"
         }
@@ -659,170 +522,12 @@ def plan_warmup(
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# Compiling: worker processes with a compile-only driver
-
-
-def _rebuild_args(variant: Variant) -> dict[str, Any]:
-    import torch
-
-    return {
-        name: (
-            torch.empty(1, dtype=getattr(torch, value[1]), device="meta")
-            if _runtime_arg(value, "tensor")
-            else value[1]
-            if _runtime_arg(value, "int") or _runtime_arg(value, "float")
-            else value
-        )
-        for name, value in variant.args
-    }
-
-
-def describe_launch(record: Any, kernel: str) -> Variant:
-    """The variant a recorded launch compiles (`kernel` names its spec), in JSON-able form."""
-    jit = record.kernel
-    args = tuple(
-        (p.name, _describe_arg(p, record.args.get(p.name, p.default if p.has_default else None)))
-        for p in jit.params
-    )
-    return Variant(kernel, jit.fn.__module__, jit.fn.__name__, args, record.num_warps, record.num_stages)
-
-
-def compile_variant(variant: Variant, capability: int, bundle: str | None = None) -> VariantResult:
-    """Compile one variant for `capability` as a launch would (`compile_for_target`: the kernel's JIT
-    warmup under a compile-only driver); Triton's listener says if it was cached. With `bundle`, the
-    binary and its C launcher are also copied into that bundle folder (`add_to_bundle`)."""
-    import importlib
-
-    import triton
-
-    from gdn_kernels.tuning import LaunchRecord, add_to_bundle, compile_for_target, remember
-
-    seen: list[bool] = []
-    triton.knobs.compilation.listener = lambda **kw: seen.append(bool(kw["cache_hit"]))
-    started = time.monotonic()
-    try:
-        kernel = getattr(importlib.import_module(variant.module), variant.function)
-        record = LaunchRecord(kernel, _rebuild_args(variant), variant.num_warps, variant.num_stages)
-        compiled = compile_for_target(record, capability)
-    except Exception as e:  # a compiler error is reported per variant; the others still compile
-        error = f"{type(e).__name__}: {e}"
-        return VariantResult(variant.label, variant.kernel, "failed", time.monotonic() - started, error=error)
-    finally:
-        triton.knobs.compilation.listener = None
-    # No listener call: the worker compiled an identical specialisation earlier (in-memory cache).
-    status = "compiled" if seen and not seen[0] else "cached"
-    # A first launch of it then skips Triton's cache key. Should the entry not be written, the binary
-    # is in the cache all the same; only the shortcut to it is lost.
-    with contextlib.suppress(OSError):
-        remember(kernel, compiled)
-    launcher, modules = build_launcher(compiled)
-    if bundle is not None:
-        from pathlib import Path
-
-        try:
-            add_to_bundle(Path(bundle), kernel, compiled, modules)
-        except OSError as e:  # the variant is in the cache; the bundle lacks it and says so
-            error = f"not bundled: {type(e).__name__}: {e}"
-            return VariantResult(
-                variant.label, variant.kernel, "failed", time.monotonic() - started, error=error
-            )
-    seconds = time.monotonic() - started
-    return VariantResult(
-        variant.label,
-        variant.kernel,
-        status,
-        seconds,
-        int(compiled.metadata.shared),
-        launcher=launcher,
-        c_modules=len(modules),
-    )
-
-
-def build_launcher(compiled: Any) -> tuple[str, list[Any]]:
-    """Build, into Triton's cache, the C launcher Triton makes at a kernel's first launch in a process
-    (one C compile per argument signature, about 0.3 s each, which the compile itself does not do), and
-    the driver's own C utilities, built at a process's first CUDA use. Returns "built" and the two
-    modules' files, or why not and no file: both link against libcuda, which a machine without the
-    GPU's driver lacks; its first launches then build them, as they would without warmup."""
-    from pathlib import Path
-
-    try:
-        from triton.backends.nvidia.driver import CudaLauncher, CudaUtils
-
-        utils = CudaUtils()  # one per process: cached, so the second call costs a file lookup
-        launcher = CudaLauncher(compiled.src, compiled.metadata)
-    except Exception as e:
-        return f"not built: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "), []
-    # A C extension's functions hold their module as __self__; its file is where Triton's cache keeps it.
-    modules = [
-        getattr(getattr(f, "__self__", None), "__file__", None) for f in (utils.load_binary, launcher.launch)
-    ]
-    return "built", [Path(m) for m in modules if m]
-
-
-def _worker_main(capability: int, bundle: str | None = None) -> None:
-    """`python -m gdn_tune.warmup --worker CC [--bundle DIR]`: compile the variants read from stdin, one
-    JSON per line."""
-    out = sys.stdout
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        result = compile_variant(Variant.from_dict(json.loads(line)), capability, bundle)
-        out.write(RESULT_PREFIX + json.dumps(asdict(result)) + "\n")
-        out.flush()
-
-
-def worker_environment(cache_dir: str | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)  # workers compile for the GPU, whatever the parent runs under
-    if cache_dir:
-        env["TRITON_CACHE_DIR"] = str(cache_dir)
-    return env
-
-
 def triton_cache_dir(cache_dir: str | None) -> str:
     if cache_dir:
         return str(cache_dir)
     import triton
 
     return os.environ.get("TRITON_CACHE_DIR") or triton.knobs.cache.dir
-
-
-class _Worker:
-    def __init__(self, capability: int, env: dict[str, str], bundle: str | None = None) -> None:
-        bundling = ["--bundle", str(bundle)] if bundle else []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gdn_tune.warmup", "--worker", str(capability), *bundling],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
-            bufsize=1,
-        )
-
-    def compile(self, variant: Variant) -> VariantResult | None:
-        """The result, or None when the worker died on it (a compiler crash)."""
-        assert self.process.stdin is not None and self.process.stdout is not None
-        try:
-            self.process.stdin.write(json.dumps(variant.as_dict()) + "\n")
-            self.process.stdin.flush()
-        except BrokenPipeError:
-            return None
-        for line in self.process.stdout:
-            if line.startswith(RESULT_PREFIX):
-                return VariantResult(**json.loads(line[len(RESULT_PREFIX) :]))
-            sys.stderr.write(line)
-        return None
-
-    def close(self) -> None:
-        if self.process.stdin:
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def run_warmup(
@@ -841,42 +546,25 @@ def run_warmup(
     """
     started = time.monotonic()
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(plan.variants) or 1))
-    env = worker_environment(cache_dir)
     heavy_first = sorted(plan.variants, key=lambda v: (not v.kernel.startswith("chunk"), v.kernel))
-    pending: queue.Queue[Variant] = queue.Queue()
-    for variant in heavy_first:
-        pending.put(variant)
     results: list[VariantResult] = []
-    lock = threading.Lock()
 
-    def serve() -> None:
-        worker = _Worker(plan.capability, env, bundle)
-        try:
-            while True:
-                try:
-                    variant = pending.get_nowait()
-                except queue.Empty:
-                    return
-                result = worker.compile(variant)
-                if result is None:
-                    code = worker.process.poll()
-                    result = VariantResult(
-                        variant.label, variant.kernel, "failed", 0.0, error=f"worker died (exit code {code})"
-                    )
-                    worker.close()
-                    worker = _Worker(plan.capability, env, bundle)
-                with lock:
-                    results.append(result)
-                    if progress is not None:
-                        progress(len(results), len(plan.variants), result)
-        finally:
-            worker.close()
+    def on_answer(variant: Variant, answer: dict[str, Any] | None, exit_code: int | None) -> None:
+        if answer is None:
+            error = f"worker died (exit code {exit_code})"
+            results.append(VariantResult(variant.label, variant.kernel, "failed", 0.0, error=error))
+        else:
+            results.append(variant_result(variant, answer))
+        if progress is not None:
+            progress(len(results), len(plan.variants), results[-1])
 
-    threads = [threading.Thread(target=serve, daemon=True) for _ in range(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_on_workers(
+        [[variant] for variant in heavy_first],
+        jobs,
+        worker_environment(cache_dir),
+        lambda variant: variant_request(variant, plan.capability, bundle),
+        on_answer,
+    )
     manifest = None
     if bundle is not None:
         from pathlib import Path
@@ -888,10 +576,3 @@ def run_warmup(
             Path(bundle), plan.capability, len(done), len(list((Path(bundle) / MODULES).glob("*/*")))
         )
     return WarmupResult(triton_cache_dir(cache_dir), jobs, time.monotonic() - started, results, manifest)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) in (3, 5) and sys.argv[1] == "--worker" and sys.argv[3:4] in ([], ["--bundle"]):
-        _worker_main(int(sys.argv[2]), sys.argv[4] if len(sys.argv) == 5 else None)
-    else:
-        sys.exit("usage: python -m gdn_tune.warmup --worker CC [--bundle DIR] (started by gdn-tune warmup)")

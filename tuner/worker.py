@@ -17,6 +17,8 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
@@ -24,8 +26,7 @@ from typing import Any
 
 from gdn_kernels import Config, Key
 
-from .compile_pool import child_environment
-from .storage import Measurement, TrialStatus
+from .trial_result import Measurement, TrialStatus
 
 # A worker imports torch and triton (2 to 4 s) and, on a GPU, creates a CUDA context (~1 s): a worker
 # that is not ready in this long will not be.
@@ -33,6 +34,29 @@ WORKER_START_TIMEOUT_S = 300.0
 # First trial of a problem on a worker includes the float64 reference and the JIT compile of the config
 # for the real GPU (5 to 30 s for the state recurrence); the rest take well under a second.
 DEFAULT_TRIAL_TIMEOUT_S = 180.0
+
+
+@contextmanager
+def child_environment(**changes: str | None) -> Iterator[None]:
+    """Environment for processes started inside the block (None removes a variable).
+
+    Spawned children inherit os.environ at start, and whatever their bootstrap imports is decorated by
+    Triton then: TRITON_INTERPRET must be right before the child starts, not set by the child later.
+    """
+    saved = {name: os.environ.get(name) for name in changes}
+    try:
+        _set_environment(changes)
+        yield
+    finally:
+        _set_environment(saved)
+
+
+def _set_environment(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @dataclass(frozen=True)

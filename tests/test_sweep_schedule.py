@@ -1,10 +1,12 @@
-"""Scaling a sweep out: several workers on one host (SQLite), several processes on one PostgreSQL
-database, and the schema migrations that let a database outlive a release.
+"""Scheduling a sweep that is scaled out (gdn_tune.sweep.schedule, Storage's claims): several workers on
+one host (SQLite), several processes on one PostgreSQL database, claims that lapse when their process
+dies, and `gdn-tune status` showing who measures.
 
-The PostgreSQL tests start a real server (Debian's `postgresql` package, see _postgres.py) once for the
-module; they are skipped only where its binaries are absent, and .ci/run installs them. Sweeps here tune
-the TIMED_SPECS of _fake_kernels, whose fastest config is known in advance, so "the same winners as one
-worker" is checked against the truth rather than against another noisy run.
+The PostgreSQL tests start a real server (Debian's `postgresql` package, see _postgres.py and the
+postgres fixture in conftest.py) once per module; they are skipped only where its binaries are absent,
+and .ci/run installs them. Sweeps here tune the TIMED_SPECS of _fake_kernels, whose fastest config is
+known in advance, so "the same winners as one worker" is checked against the truth rather than against
+another noisy run. The schema migrations are tested in test_migrations.py.
 """
 
 import contextlib
@@ -19,13 +21,10 @@ from pathlib import Path
 import _fake_kernels as fake
 import pytest
 import sqlalchemy as sa
-from _postgres import PostgresCluster, postgres_bin_dir
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
+from _helpers import execute_sql
 
 from gdn_kernels import Config, Key
-from gdn_tune.migrations import FIRST_REVISION, VERSION_TABLE, head_revision, upgrade_schema
-from gdn_tune.storage import BaseModel, Measurement, Storage, StorageError, TrialStatus
+from gdn_tune.storage import Storage
 from gdn_tune.sweep import run_sweep
 
 TESTS = Path(__file__).parent
@@ -36,130 +35,6 @@ TIMED_TRIALS = TIMED_PROBLEMS * len(fake.TIMED_BLOCKS)  # grid: every block, the
 GRACE_S = 3.0
 KEY = Key((("T", 128),))
 CONFIG = Config.of(BLOCK=256, num_warps=1, num_stages=1)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries not found (Debian: apt-get install -y postgresql)")
-    cluster = PostgresCluster(bin_dir)
-    cluster.start()
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_db(request, tmp_path) -> str:
-    """URL of a new, empty database of each kind."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'sweep.db'}"
-    return request.getfixturevalue("postgres").new_database()
-
-
-def _execute(url: str, sql: str, **params) -> list[tuple]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as connection:
-            result = connection.execute(sa.text(sql), params)
-            return [tuple(r) for r in result] if result.returns_rows else []
-    finally:
-        engine.dispose()
-
-
-def _insert_first_release_rows(url: str) -> None:
-    """A sweep, a problem and a trial as release 0.1.0 wrote them (ids 1: the database is new)."""
-    _execute(
-        url,
-        "INSERT INTO tune_sweeps (fingerprint, target, gpu_name, compute_capability, triton_version, "
-        "torch_version, interpret, strategy, strategy_options, command, started_at, status) VALUES "
-        "(:fp, 'h200', 'NVIDIA H200', '9.0', '3.6.0', '2.13.0', false, 'grid', '{}', 'old', "
-        "'2026-01-01 00:00:00', 'finished')",
-        fp="f" * 64,
-    )
-    _execute(
-        url,
-        "INSERT INTO tune_problems (sweep_id, kernel, key_json, kernel_hash, default_config_json) "
-        "VALUES (1, 'gdn_gating', :key, 'abc', :config)",
-        key='{"T":128}',
-        config=json.dumps(CONFIG.as_dict(), sort_keys=True, separators=(",", ":")),
-    )
-    _execute(
-        url,
-        "INSERT INTO tune_trials (problem_id, config_json, status, median_ms, finished_at) VALUES "
-        "(1, :config, 'ok', 0.25, '2026-01-01 00:00:01')",
-        config=json.dumps(CONFIG.as_dict(), sort_keys=True, separators=(",", ":")),
-    )
-
-
-def _schema_differences(storage: Storage) -> list:
-    def ours(name, type_, *_):  # Alembic's own version table is not a model
-        return not (type_ == "table" and name == VERSION_TABLE)
-
-    with storage.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": ours})
-        return compare_metadata(context, BaseModel.metadata)
-
-
-# Schema ------------------------------------------------------------------------------------------
-
-
-def test_migrations_build_exactly_the_models(empty_db):
-    storage = Storage(empty_db)
-    assert storage.schema_revision == head_revision()
-    assert _schema_differences(storage) == []
-
-
-@pytest.mark.parametrize("version_table", [True, False], ids=["at-0001", "made-by-0.1.0"])
-def test_a_database_of_the_first_revision_is_upgraded_and_its_rows_read_back(empty_db, version_table):
-    engine = sa.create_engine(empty_db)
-    assert upgrade_schema(engine, FIRST_REVISION) == FIRST_REVISION
-    engine.dispose()
-    if not version_table:  # release 0.1.0 created its tables directly, with no version table
-        _execute(empty_db, f"DROP TABLE {VERSION_TABLE}")
-    _insert_first_release_rows(empty_db)
-
-    storage = Storage(empty_db)  # upgrades on open
-    assert storage.schema_revision == head_revision() != FIRST_REVISION
-    (sweep,) = storage.sweeps()
-    (problem,) = storage.problems(sweep.id)
-    (trial,) = storage.trials(problem.id)
-    assert (sweep.fingerprint, problem.key, trial.config, trial.median_ms) == ("f" * 64, KEY, CONFIG, 0.25)
-    assert (problem.claimed_by, problem.done_at, trial.worker) == (None, None, None)
-    # The old rows work with the new columns: claim, measure, finish.
-    assert storage.claim_problem(sweep.id, [problem.id], "host:1:a", GRACE_S).problem_id == problem.id
-    slow = Config.of(BLOCK=512, num_warps=1, num_stages=1)
-    storage.record_trial(problem.id, slow, Measurement(TrialStatus.OK, median_ms=0.5), worker="host:1:a/cpu0")
-    assert storage.finish_problem("host:1:a", problem.id)
-    assert _schema_differences(storage) == []
-
-
-def test_duplicate_fingerprints_of_an_old_race_keep_the_newest_sweep(tmp_path):
-    url = f"sqlite:///{tmp_path / 'race.db'}"
-    upgrade_schema(sa.create_engine(url), FIRST_REVISION)
-    for sweep_id in (1, 2):
-        _execute(
-            url,
-            "INSERT INTO tune_sweeps (id, fingerprint, target, gpu_name, compute_capability, triton_version, "
-            "torch_version, interpret, strategy, strategy_options, command, started_at, status) VALUES "
-            "(:id, :fp, 'h200', 'x', '9.0', '3', '2', 0, 'grid', '{}', '', '2026-01-01', 'running')",
-            id=sweep_id,
-            fp="a" * 64,
-        )
-    storage = Storage(url)
-    assert [(s.id, s.fingerprint) for s in storage.sweeps()] == [(1, "superseded 1 by 2"), (2, "a" * 64)]
-    reopened, resumed = storage.open_sweep("a" * 64, target="h200")
-    assert resumed and reopened.id == 2
-
-
-def test_a_database_from_a_newer_release_is_refused(tmp_path):
-    url = f"sqlite:///{tmp_path / 'newer.db'}"
-    Storage(url).dispose()
-    _execute(url, f"UPDATE {VERSION_TABLE} SET version_num = '9999'")
-    with pytest.raises(
-        StorageError, match=r"revision 9999, which this gdn-tune does not know.*newer release"
-    ):
-        Storage(url)
 
 
 # Claims ------------------------------------------------------------------------------------------
@@ -218,7 +93,7 @@ def test_claims_are_exclusive_until_their_heartbeat_stops(empty_db):
 
 def _winners(url: str) -> dict[tuple[str, int], int]:
     """{(kernel, T): winning BLOCK}"""
-    rows = _execute(
+    rows = execute_sql(
         url,
         "SELECT p.kernel, p.key_json, t.config_json FROM tune_winners w "
         "JOIN tune_trials t ON t.id = w.trial_id JOIN tune_problems p ON p.id = w.problem_id",
@@ -236,7 +111,7 @@ def _expected_winners() -> dict[tuple[str, int], int]:
 
 def _trial_rows(url: str) -> list[tuple[str, int, int, str, str]]:
     """(kernel, T, BLOCK, status, worker) of every trial."""
-    rows = _execute(
+    rows = execute_sql(
         url,
         "SELECT p.kernel, p.key_json, t.config_json, t.status, t.worker FROM tune_trials t "
         "JOIN tune_problems p ON p.id = t.problem_id",
@@ -272,7 +147,7 @@ def test_several_workers_share_the_problems_on_sqlite_with_the_winners_of_one(tm
     assert _winners(url) == _expected_winners()
     # Every worker (pseudo-device cpu0, cpu1, ...) measured: each claimed a problem of its own at once.
     assert {w.rsplit("/", 1)[1] for *_, w in rows} == {f"cpu{i}" for i in range(workers)}
-    done = _execute(
+    done = execute_sql(
         url,
         "SELECT COUNT(*) FROM tune_problems WHERE done_at IS NOT NULL AND claimed_by = :c",
         c=summary.claimant,
@@ -324,7 +199,7 @@ def test_two_processes_share_one_sweep_on_postgres(postgres, tmp_path):
             with contextlib.suppress(sa.exc.ProgrammingError):  # no tables yet
                 beats |= {
                     problem_id
-                    for (problem_id,) in _execute(
+                    for (problem_id,) in execute_sql(
                         url,
                         "SELECT id FROM tune_problems WHERE done_at IS NULL AND heartbeat_at > claimed_at",
                     )
@@ -345,14 +220,14 @@ def test_two_processes_share_one_sweep_on_postgres(postgres, tmp_path):
         assert len(owners) == 1, (kernel, T, owners)
     assert _winners(url) == _expected_winners()
     assert beats, "no claim was ever refreshed by a heartbeat"
-    assert _execute(url, "SELECT COUNT(*) FROM tune_sweeps") == [(1,)]
-    assert _execute(url, "SELECT COUNT(*) FROM tune_problems WHERE done_at IS NULL") == [(0,)]
+    assert execute_sql(url, "SELECT COUNT(*) FROM tune_sweeps") == [(1,)]
+    assert execute_sql(url, "SELECT COUNT(*) FROM tune_problems WHERE done_at IS NULL") == [(0,)]
 
 
 def _claimants(url: str) -> set[str]:
     """Processes that recorded a trial so far."""
     with contextlib.suppress(sa.exc.ProgrammingError):  # no tables yet
-        return {w.rsplit("/", 1)[0] for (w,) in _execute(url, "SELECT DISTINCT worker FROM tune_trials")}
+        return {w.rsplit("/", 1)[0] for (w,) in execute_sql(url, "SELECT DISTINCT worker FROM tune_trials")}
     return set()
 
 
@@ -372,12 +247,12 @@ def test_a_killed_process_claims_are_completed_by_the_other_after_the_grace_peri
         while not victim_claims and time.monotonic() < deadline and victim.poll() is None:
             time.sleep(0.05)
             if len(_claimants(url)) == 2:
-                victim_claims = _execute(url, half_measured, victim=f"%:{victim.pid}:%", least=1)
+                victim_claims = execute_sql(url, half_measured, victim=f"%:{victim.pid}:%", least=1)
         assert victim_claims, "the two processes never measured at once with the victim mid-problem"
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait()
         # Read after the kill (its last heartbeat), before the grace period lets the survivor take over.
-        victim_claims = _execute(url, half_measured, victim=f"%:{victim.pid}:%", least=0)
+        victim_claims = execute_sql(url, half_measured, victim=f"%:{victim.pid}:%", least=0)
         victim_trials = [r for r in _trial_rows(url) if f":{victim.pid}:" in r[4]]
         summary = _summary(survivor, tmp_path / "survivor.log")
     finally:
@@ -389,7 +264,7 @@ def test_a_killed_process_claims_are_completed_by_the_other_after_the_grace_peri
     assert victim_trials and set(victim_trials) <= set(rows)
     assert victim_claims
     for problem_id, _, last_heartbeat in victim_claims:
-        ((claimed_by, claimed_at, done_at),) = _execute(
+        ((claimed_by, claimed_at, done_at),) = execute_sql(
             url, "SELECT claimed_by, claimed_at, done_at FROM tune_problems WHERE id = :i", i=problem_id
         )
         assert claimed_by == summary["claimant"] and done_at is not None
@@ -412,11 +287,13 @@ def test_tpe_keeps_its_study_in_the_same_postgres_database(postgres):
         compile_processes=1,
     )
     assert summary.status == "finished" and summary.winners == 2
-    assert _execute(url, "SELECT problem_id, COUNT(*) FROM tune_trials GROUP BY problem_id ORDER BY 1") == [
+    assert execute_sql(
+        url, "SELECT problem_id, COUNT(*) FROM tune_trials GROUP BY problem_id ORDER BY 1"
+    ) == [
         (1, 2),
         (2, 2),
     ]
-    studies = [name for (name,) in _execute(url, "SELECT study_name FROM studies ORDER BY 1")]
+    studies = [name for (name,) in execute_sql(url, "SELECT study_name FROM studies ORDER BY 1")]
     assert len(studies) == 2 and all(
         n.startswith(f"gdn-tune/sweep{summary.sweep_id}/fake_timed_0/") for n in studies
     )
@@ -445,26 +322,6 @@ def test_status_shows_the_processes_measuring_a_sweep(tmp_path):
     assert "measuring: hostB:22:bb, 2 problem(s), last heartbeat" in text.output, text.output
 
 
-@pytest.mark.parametrize(
-    "gpus, workers, message",
-    [
-        (["NVIDIA H200"] * 2, 3, r"3 workers but 2 GPU\(s\) visible"),
-        (["NVIDIA H200", "NVIDIA H100 80GB HBM3"], 2, "the GPUs of this host differ"),
-    ],
-    ids=["more-workers-than-gpus", "mixed-gpus"],
-)
-def test_gpu_workers_need_one_gpu_each_of_one_model(monkeypatch, gpus, workers, message):
-    import torch
-
-    from gdn_tune.sweep import _check_gpus
-
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: gpus[i])
-    with pytest.raises(ValueError, match=message):
-        _check_gpus(workers, gpus[0])
-    _check_gpus(1, gpus[0])  # one worker on the first GPU is fine
-
-
 # On the GPU host (skipped here) ------------------------------------------------------------------
 
 
@@ -483,28 +340,10 @@ def test_every_visible_gpu_gets_a_worker_and_the_problems_are_shared(tmp_path):
     gpus = torch.cuda.device_count()
     assert summary.workers == gpus and summary.status == "finished"
     assert summary.winners == summary.problems == len(workloads)
-    rows = _execute(
+    rows = execute_sql(
         url,
         "SELECT worker, COUNT(*), COUNT(DISTINCT problem_id || config_json) FROM tune_trials GROUP BY worker",
     )
     measured_on = {worker.rsplit("/", 1)[1] for worker, _, _ in rows if not worker.endswith("/compile")}
     assert len(measured_on) == min(gpus, len(workloads)), measured_on
     assert all(count == distinct for _, count, distinct in rows)
-
-
-def test_workers_start_while_the_caller_works_and_close_even_if_never_waited_for():
-    from gdn_tune.worker import WorkerPool
-
-    started = time.monotonic()
-    pool = WorkerPool(2, interpret=True, wait=False)
-    assert time.monotonic() - started < 2.0  # spawned, not waited for (a worker takes seconds)
-    assert pool.size == 0 and pool.idle_workers == []
-    pool.wait_ready()
-    assert pool.size == 2 and pool.idle_workers == [0, 1]
-    pool.close()
-    assert pool.size == 0
-
-    never_ready = WorkerPool(2, interpret=True, wait=False)
-    processes = [w.process for w in never_ready._starting]
-    never_ready.close()  # before they are ready: killed, none left running
-    assert all(not p.is_alive() for p in processes)

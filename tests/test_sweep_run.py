@@ -19,18 +19,14 @@ from pathlib import Path
 import _fake_kernels as fake
 import pyarrow.parquet as pq
 import pytest
-import torch
 from click.testing import CliRunner
 
-from gdn_kernels import Config, Workload, kernel_specs, target_by_name
+from gdn_kernels import Workload, kernel_specs
 from gdn_kernels._tables import TableEntry
 from gdn_tune.cli import main
-from gdn_tune.cli_sweep import parse_duration, parse_shape
-from gdn_tune.measure import ProblemBench, measure_trial
 from gdn_tune.presets import preset_by_name
 from gdn_tune.results import TRIAL_COLUMNS
-from gdn_tune.storage import TrialStatus
-from gdn_tune.sweep import GpuMismatchError, resolve_target, run_sweep
+from gdn_tune.sweep import run_sweep
 from gdn_tune.tables import write_table
 
 GATING = kernel_specs()["gdn_gating"]
@@ -349,98 +345,6 @@ def test_a_budget_stops_the_sweep_as_interrupted(tmp_path):
     assert summary.trials_total == {"infeasible": 1}  # compiling is done; nothing was launched
 
 
-@pytest.fixture
-def present(monkeypatch):
-    def set_present(found):
-        monkeypatch.setattr("gdn_tune.sweep.present_gpu", lambda: found)
-
-    return set_present
-
-
-def test_gpu_must_match_the_present_one(present):
-    present(("NVIDIA H100 80GB HBM3", (9, 0)))
-    with pytest.raises(
-        GpuMismatchError, match=r"found NVIDIA H100 80GB HBM3 \(compute capability 9\.0\).*--gpu h100"
-    ):
-        resolve_target("h200", interpret=False)
-    assert resolve_target("auto", interpret=False)[0].name == "h100"
-    assert resolve_target("h100", interpret=False) == (target_by_name("h100"), "NVIDIA H100 80GB HBM3")
-    present(("NVIDIA GeForce RTX 4090", (8, 9)))
-    with pytest.raises(GpuMismatchError, match="matches none of the known targets"):
-        resolve_target("h200", interpret=False)
-    present(None)
-    with pytest.raises(GpuMismatchError, match=r"no CUDA GPU found.*--interpret"):
-        resolve_target("h200", interpret=False)
-    with pytest.raises(GpuMismatchError, match="--gpu auto: no CUDA GPU found"):
-        resolve_target("auto", interpret=True)
-    assert resolve_target("h200", interpret=True)[0].name == "h200"  # the interpreter needs no GPU
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
-def test_cli_refuses_a_gpu_sweep_without_a_gpu(tmp_path):
-    result = _invoke(
-        ["sweep", "--gpu", "h200", "--preset", "smoke", "--db", f"sqlite:///{tmp_path / 'x.db'}"]
-    )
-    assert result.exit_code == 1 and "no CUDA GPU found" in result.output
-    assert not (tmp_path / "x.db").exists()  # refused before touching the database
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--strategy", "grid", "--trials", "5"], "--trials sets the TPE budget"),
-        (["--kernels", "nope"], "unknown kernel(s) nope"),
-        (["--budget", "soon"], "not a duration: 'soon'"),
-        (["--workers", "two"], "--workers must be a positive number or auto"),
-        (["--shape", "H=16,HV=32"], "missing K, V, T"),
-    ],
-    ids=["trials-with-grid", "unknown-kernel", "bad-budget", "bad-workers", "short-shape"],
-)
-def test_bad_sweep_arguments_are_clear_errors(tmp_path, args, message):
-    result = _invoke(
-        ["sweep", "--gpu", "h200", "--interpret", "--db", f"sqlite:///{tmp_path / 'x.db'}", *args]
-    )
-    assert result.exit_code == 1 and message in result.output, result.output
-
-
-def test_an_unknown_preset_is_a_usage_error_naming_the_presets(tmp_path):
-    result = _invoke(["sweep", "--gpu", "h200", "--interpret", "--preset", "nope"])
-    assert result.exit_code == 2 and "'nope' is not one of" in result.output and "'smoke'" in result.output
-
-
-def test_duration_and_shape_parsing():
-    assert [parse_duration(t) for t in ("90", "90s", "20m", "1h30m", "1.5h")] == [90, 90, 1200, 5400, 5400]
-    shape = parse_shape("H=2,HV=8,K=128,V=128,T=512,N=512,phase=decode")
-    assert (shape.H, shape.HV, shape.tokens, shape.sequences, shape.phase, shape.dtype) == (
-        2,
-        8,
-        512,
-        512,
-        "decode",
-        "bfloat16",
-    )
-    with pytest.raises(ValueError, match="HV a multiple of H"):
-        parse_shape("H=3,HV=8,K=128,V=128,T=64")
-
-
-def test_measure_catches_an_unwritten_element_and_reports_times(device):
-    key = fake.SPEC.key(T=100)
-    bench = ProblemBench(fake.SPEC, key, device)
-    ok = measure_trial(bench, Config.of(BLOCK=256, num_warps=1, num_stages=1))
-    assert ok.status == TrialStatus.OK and 0 < ok.min_ms <= ok.median_ms <= ok.max_ms and ok.rel_error < 1e-6
-
-    def skip_last(inputs, outputs, config):
-        outputs["y"][:-1] = 2 * inputs["x"][:-1]  # the last element keeps its poison
-
-    lazy = ProblemBench(
-        fake.SPEC.__class__(**{**fake.SPEC.__dict__, "launch": skip_last, "_hash": []}), key, device
-    )
-    wrong = measure_trial(lazy, fake.SPEC.default)
-    assert (
-        wrong.status == TrialStatus.WRONG and "relative error inf" in wrong.error and wrong.median_ms is None
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # On the GPU host (skipped here): the same pipeline with CUDA graphs and events on real shapes.
 
@@ -462,43 +366,3 @@ def test_gpu_sweep_of_real_shapes_times_with_graphs_and_picks_correct_winners(tm
     for repetitions, median, low, high, retimed, default_ms in rows:
         assert repetitions >= 10 and 0 < low <= median <= high
         assert retimed is not None and default_ms is not None
-
-
-@pytest.mark.gpu
-def test_gpu_sweep_refuses_another_target():
-    found = resolve_target("auto", interpret=False)[0]
-    other = next(name for name in ("b200", "a100") if name != found.name)
-    with pytest.raises(GpuMismatchError, match=f"--gpu {found.name}"):
-        run_sweep(other, preset="smoke", kernels=["gdn_gating"], db_url="sqlite://")
-
-
-def test_neighbour_seeds_are_the_winners_of_the_nearest_buckets_of_the_same_shape(tmp_path):
-    from gdn_tune.storage import Measurement, Storage, TrialStatus
-    from gdn_tune.sweep import neighbour_seeds, plan_problems
-
-    storage = Storage(f"sqlite:///{tmp_path / 'seeds.db'}")
-    sweep, _ = storage.open_sweep(
-        "s" * 64, target="h200", gpu_name="NVIDIA H200", compute_capability="9.0", triton_version="3.6.0",
-        torch_version="2.13.0", cuda_version="12.8", interpret=False, strategy="tpe", command="test",
-    )  # fmt: skip
-    shapes = [Workload(2, 4, 32, 32, tokens=n) for n in (64, 256, 1024, 4096)] + [
-        Workload(2, 8, 32, 32, tokens=256)
-    ]
-    plans = plan_problems([GATING], shapes)
-    configs = GATING.space.candidates(plans[0].key)
-    for plan in plans:
-        plan.problem = storage.ensure_problem(sweep.id, GATING.name, plan.key, "h", GATING.default)
-    by_tokens = {(p.key["HV"], p.key["T"]): p for p in plans}
-    wins = {(4, 64): configs[0], (4, 1024): configs[1], (4, 4096): configs[2], (8, 256): configs[3]}
-    for shape, config in wins.items():
-        problem = by_tokens[shape].problem
-        trial = storage.record_trial(problem.id, config, Measurement(TrialStatus.OK, median_ms=0.1))
-        storage.set_winner(problem.id, trial.id, 0.1, None)
-    # T=256: its neighbours 64 and 1024 are two buckets away (log2), 4096 four; HV=8 is another shape.
-    assert neighbour_seeds(storage, plans, by_tokens[(4, 256)]) == (configs[0], configs[1])
-    assert neighbour_seeds(storage, plans, by_tokens[(4, 256)], limit=5) == (
-        configs[0],
-        configs[1],
-        configs[2],
-    )
-    assert neighbour_seeds(storage, plans, by_tokens[(8, 256)]) == ()

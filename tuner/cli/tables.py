@@ -11,10 +11,9 @@ from typing import Any
 import click
 
 from gdn_kernels.tuning import ARCHS
-from gdn_tune.cli import preset_option
-from gdn_tune.presets import UnknownPresetError
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+from .options import domain_errors, json_option, preset_option
+
 config_dir_option = click.option(
     "--config-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -57,6 +56,7 @@ def _label(mapping: dict[str, Any] | None) -> str:
     help="Accept tables timed under the Triton interpreter (CPU wall clock), as pipeline tests write them.",
 )
 @json_option
+@domain_errors
 def check(
     arch: str,
     config_dir: Path | None,
@@ -69,18 +69,15 @@ def check(
     """Validate the tables, compile every entry for its arch and check it fits shared memory (no GPU
     needed), check each table's provenance (GPU timings of its arch, recorded), report stale tables
     (made for another version of a kernel) and a preset's coverage."""
-    from gdn_tune.tables import check_tables  # imports torch and triton: only for the command itself
+    from ..tables import check_tables  # imports torch and triton: only for the command itself
 
-    try:
-        report = check_tables(
-            config_dir,
-            archs=None if arch == "all" else [arch],
-            preset=preset,
-            compile_entries=not no_compile,
-            allow_interpreter_timings=allow_interpreter_timings,
-        )
-    except (ValueError, UnknownPresetError) as e:
-        raise click.ClickException(str(e)) from None
+    report = check_tables(
+        config_dir,
+        archs=None if arch == "all" else [arch],
+        preset=preset,
+        compile_entries=not no_compile,
+        allow_interpreter_timings=allow_interpreter_timings,
+    )
     if as_json:
         _echo_json({**dataclasses.asdict(report), "ok": report.ok})
     else:
@@ -104,14 +101,12 @@ def check(
 @click.option("--kernel", default=None, help="Only this kernel.")
 @config_dir_option
 @json_option
+@domain_errors
 def show(arch: str | None, kernel: str | None, config_dir: Path | None, as_json: bool) -> None:
     """The entries of the tables: key, config, time and speedup over the kernel's default config."""
-    from gdn_tune.tables import show_tables
+    from ..tables import show_tables
 
-    try:
-        rows, problems = show_tables(config_dir, arch=arch, kernel=kernel)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
+    rows, problems = show_tables(config_dir, arch=arch, kernel=kernel)
     if as_json:
         _echo_json({"entries": [dataclasses.asdict(r) for r in rows], "problems": [str(p) for p in problems]})
         return
@@ -133,15 +128,13 @@ def show(arch: str | None, kernel: str | None, config_dir: Path | None, as_json:
 @click.argument("dir_a", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("dir_b", type=click.Path(file_okay=False, path_type=Path))
 @json_option
+@domain_errors
 def diff(dir_a: Path, dir_b: Path, as_json: bool) -> None:
     """What changed from the tables in DIR_A to those in DIR_B: added, removed, changed and retimed
     entries, with the speedup over the default on each side."""
-    from gdn_tune.tables import diff_tables
+    from ..tables import diff_tables
 
-    try:
-        result = diff_tables(dir_a, dir_b)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
+    result = diff_tables(dir_a, dir_b)
     if as_json:
         _echo_json(dataclasses.asdict(result))
         return

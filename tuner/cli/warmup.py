@@ -8,7 +8,10 @@ from typing import Any
 
 import click
 
-from .cli import json_option
+from gdn_kernels import Workload
+
+from .options import domain_errors, json_option, kernels_option, shapes_option, target_option
+from .progress import warmup_progress
 
 # The options that make the one call profile of --preset/--shape (--model plans the serving calls).
 PROFILE_FLAGS = ("varlen", "initial_state", "final_state", "qk_l2norm", "beta_dtype", "decode_state_cache")
@@ -37,20 +40,13 @@ PROFILE_FLAGS = ("varlen", "initial_state", "final_state", "qk_l2norm", "beta_dt
     multiple=True,
     help="Shapes of a preset the deployment serves (repeatable; default: 'default', every model).",
 )
-@click.option(
-    "--shape",
-    "shapes",
-    multiple=True,
-    metavar="H=..,HV=..,K=..,V=..,T=..[,N=..][,phase=decode][,dtype=..]",
-    help="A shape to warm (repeatable), in addition to the presets.",
-)
-@click.option("--kernels", help="Comma-separated kernel names (default: all).")
+@shapes_option("A shape to warm (repeatable), in addition to the presets.")
+@kernels_option
 @click.option("--jobs", type=click.IntRange(min=1), help="Compile processes (default: one per CPU core).")
-@click.option(
-    "--gpu",
+@target_option(
+    "Resolve tables and compile for the local GPU (auto), or for a named target (gdn-tune targets).",
+    auto=True,
     default="auto",
-    show_default=True,
-    help="Resolve tables and compile for the local GPU (auto), or for a named target (gdn-tune targets).",
 )
 @click.option(
     "--device-name",
@@ -91,15 +87,16 @@ PROFILE_FLAGS = ("varlen", "initial_state", "final_state", "qk_l2norm", "beta_dt
 @click.option("--dry-run", is_flag=True, help="Print the plan (keys, configs, variants); compile nothing.")
 @json_option
 @click.pass_context
+@domain_errors
 def warmup(
     ctx: click.Context,
     models: tuple[str, ...],
     tps: tuple[int, ...],
     presets: tuple[str, ...],
-    shapes: tuple[str, ...],
-    kernels: str | None,
+    shapes: tuple[Workload, ...],
+    kernels: list[str] | None,
     jobs: int | None,
-    gpu: str,
+    target: Any,
     device_name: str | None,
     cache_dir: str | None,
     varlen: bool,
@@ -121,50 +118,46 @@ def warmup(
     or name the deployment (--model qwen3-next-80b-a3b --tp 4) to warm every call serving engines make.
     Serve with GDN_TUNE_COMPILE_GUARD=error to prove that nothing compiles after start-up.
     """
-    from .cli_sweep import parse_shape
-    from .presets import TENSOR_PARALLEL, deployment_workloads, preset_by_name
-    from .warmup import SERVING_CALLS, CallProfile, local_place, plan_warmup, run_warmup, target_place
+    from ..presets import TENSOR_PARALLEL, deployment_workloads, preset_by_name
+    from ..sweep.target import local_place, target_place
+    from ..warmup import SERVING_CALLS, CallProfile, plan_warmup, run_warmup
 
-    try:
-        if tps and not models:
-            raise ValueError("--tp goes with --model")
-        flags = [
-            p for p in PROFILE_FLAGS if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE
-        ]
-        if models and flags:
-            raise ValueError(
-                f"--model warms every call serving engines make (warmup.SERVING_CALLS); "
-                f"{', '.join('--' + f.replace('_', '-') for f in flags)} go with --preset or --shape alone"
-            )
-        fallback = () if shapes or models else ("default",)
-        workloads = [w for name in presets or fallback for w in preset_by_name(name).workloads]
-        workloads += [w for m in models for tp in tps or TENSOR_PARALLEL for w in deployment_workloads(m, tp)]
-        workloads += [parse_shape(s) for s in shapes]
-        if gpu == "auto":
-            if device_name:
-                raise ValueError("--device-name goes with a named --gpu; auto reads the local GPU's name")
-            place, capability, target = local_place()
-        else:
-            place, capability, target = target_place(gpu, device_name)
-        profile = CallProfile(
-            varlen=varlen,
-            initial_state=initial_state,
-            output_final_state=final_state,
-            qk_l2norm=qk_l2norm,
-            beta_dtype=beta_dtype,
-            decode_state_cache=decode_state_cache,
+    if tps and not models:
+        raise ValueError("--tp goes with --model")
+    flags = [
+        p for p in PROFILE_FLAGS if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE
+    ]
+    if models and flags:
+        raise ValueError(
+            f"--model warms every call serving engines make (warmup.SERVING_CALLS); "
+            f"{', '.join('--' + f.replace('_', '-') for f in flags)} go with --preset or --shape alone"
         )
-        profiles = [p for _, p in SERVING_CALLS] if models else [profile]
-        names = [k.strip() for k in kernels.split(",") if k.strip()] if kernels else None
-        plan = plan_warmup(workloads, place, capability, target, names, profiles)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from e
+    fallback = () if shapes or models else ("default",)
+    workloads = [w for name in presets or fallback for w in preset_by_name(name).workloads]
+    workloads += [w for m in models for tp in tps or TENSOR_PARALLEL for w in deployment_workloads(m, tp)]
+    workloads += shapes
+    if target == "auto":
+        if device_name:
+            raise ValueError("--device-name goes with a named --gpu; auto reads the local GPU's name")
+        place, capability, described = local_place()
+    else:
+        place, capability, described = target_place(target, device_name)
+    profile = CallProfile(
+        varlen=varlen,
+        initial_state=initial_state,
+        output_final_state=final_state,
+        qk_l2norm=qk_l2norm,
+        beta_dtype=beta_dtype,
+        decode_state_cache=decode_state_cache,
+    )
+    profiles = [p for _, p in SERVING_CALLS] if models else [profile]
+    plan = plan_warmup(workloads, place, capability, described, kernels, profiles)
     for key in plan.unreached:
         click.echo(f"warning: no call of the plan resolved {key.kernel} {key.key.label}", err=True)
     if dry_run:
         _print_plan(plan, as_json)
         return
-    progress = None if as_json else _progress
+    progress = None if as_json else warmup_progress
     result = run_warmup(plan, jobs, cache_dir, progress, bundle)
     if as_json:
         click.echo(json.dumps({"plan": _plan_summary(plan), **result.as_dict()}, indent=2))
@@ -214,7 +207,3 @@ def _print_plan(plan: Any, as_json: bool) -> None:
     click.echo("variants:")
     for v in plan.variants:
         click.echo(f"  {v.kernel:<18} {v.label}")
-
-
-def _progress(done: int, total: int, result: Any) -> None:
-    click.echo(f"[{done}/{total}] {result.status:<8} {result.seconds:6.1f} s  {result.label}", err=True)
