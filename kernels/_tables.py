@@ -520,7 +520,7 @@ def _find_tables(spec: KernelSpec, place: TablePlace) -> list[Table]:
     if not arch_has_tables:
         roots = ", ".join(map(str, table_roots()))
         _problem(f"no tables for {place.arch} in {roots}: every kernel runs its default config")
-    elif not tables and strict_mode():
+    elif not tables and strict_mode() and not spec.table_optional:
         raise TableError(f"no valid table for kernel {spec.name} on {place.arch}")
     return tables
 

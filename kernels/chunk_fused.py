@@ -424,6 +424,8 @@ SPEC = KernelSpec(
     doc=__doc__.splitlines()[0],
     key_fields=_state.SPEC.key_fields,
     fallback_fields=_state.SPEC.fallback_fields,
+    # Its default (split, one segment) runs chunk_state's and chunk_output's own tables.
+    table_optional=True,
     space=SPACE,
     default=DEFAULT,
     # The split structure's kernels belong to chunk_state's and chunk_output's hashes and tables.

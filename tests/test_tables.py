@@ -282,6 +282,21 @@ def test_strict_mode_raises_on_an_arch_without_tables_or_a_kernel_without_a_tabl
         resolve_config(GATING, gating_key(128), CPU)
 
 
+def test_strict_mode_lets_a_structure_spec_without_a_table_run_its_delegating_default(tables, monkeypatch):
+    # chunk_fused's default runs chunk_state and chunk_output on their own tables: with the arch's other
+    # tables present and none of its own, strict mode resolves its default instead of failing every
+    # prefill call.
+    from gdn_kernels.chunk_fused import SPEC as STRUCTURE
+
+    monkeypatch.setenv(_tables.ENV_STRICT, "1")
+    write_table(tables, "sm90", GATING, GOOD_ENTRIES, MADE_WITH)
+    key = STRUCTURE.key(
+        dtype="bfloat16", H=2, HV=8, K=128, V=128, T=8192, N=1, state_dtype="float32", state_layout="kv"
+    )
+    assert STRUCTURE.table_optional and not GATING.table_optional
+    assert resolve_config(STRUCTURE, key, CPU) == STRUCTURE.default
+
+
 def test_a_valid_table_passes_strict_mode(tables, monkeypatch):
     monkeypatch.setenv(_tables.ENV_STRICT, "1")
     write_table(tables, "sm90", GATING, GOOD_ENTRIES, MADE_WITH)
