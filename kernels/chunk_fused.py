@@ -19,6 +19,8 @@ depends on heads, sequences and length, so the tuner measures both.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -33,12 +35,11 @@ from ._spec import (
     Constraint,
     KernelSpec,
     Key,
+    KeyValue,
     Param,
     SearchSpace,
     pow2_ceil,
-    sequence_bucket,
     stages,
-    token_bucket,
     warps,
 )
 from ._state_io import load_state, state_block, store_final_state
@@ -230,6 +231,12 @@ def _chunk_fused_kernel(
     store_final_state(b_h, ht, h0, i_n, i_slot, stride_h0, o_s, m_s, HV, K, V, FINAL_MODE)
 
 
+@functools.cache
+def _kernel_config(config: Config) -> Config:
+    """The fused kernel's launch config: the structure parameters are no kernel arguments."""
+    return Config.of(**{p: v for p, v in config.params if p not in ("FUSED", "SEG")})
+
+
 def _launch_fused(inputs: dict, outputs: dict, config: Config) -> None:
     q, k, w, u = inputs["q"], inputs["k"], inputs["w"], inputs["u"]
     cu_seqlens, state_indices = inputs.get("cu_seqlens"), inputs.get("state_indices")
@@ -241,7 +248,7 @@ def _launch_fused(inputs: dict, outputs: dict, config: Config) -> None:
     launch(
         _chunk_fused_kernel,
         (cdiv(V, config["BV"]), N * HV),
-        Config.of(**{p: v for p, v in config.params if p not in ("FUSED", "SEG")}),
+        _kernel_config(config),
         q=q,
         k=k,
         w=w,
@@ -303,35 +310,14 @@ def _make_outputs(
 ) -> dict[str, torch.Tensor]:
     """o (or `out`) and the final state, plus h and v_new where the split structure needs them (the
     tuner times both structures on one set of outputs, so its outputs always hold them)."""
-    if split:
-        outputs = _state._make_outputs(inputs)
-    else:
-        outputs = {}
-        if inputs.get("output_final_state", True) and not inputs.get("inplace_final_state", False):
-            B, _, _, K = inputs["k"].shape
-            cu_seqlens, HV, V = inputs.get("cu_seqlens"), inputs["u"].shape[2], inputs["u"].shape[3]
-            N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-            shape = (N, HV, K, V) if inputs.get("state_layout", "kv") == "kv" else (N, HV, V, K)
-            outputs["final_state"] = torch.empty(shape, dtype=torch.float32, device=inputs["k"].device)
+    outputs = _state._make_outputs(inputs) if split else _state.final_state_output(inputs)
     outputs["o"] = torch.empty_like(inputs["u"]) if out is None else out
     return outputs
 
 
-def _key(
-    dtype: torch.dtype | str,
-    H: int,
-    HV: int,
-    K: int,
-    V: int,
-    tokens: int,
-    sequences: int,
-    state_dtype: torch.dtype | str = "float32",
-    state_layout: str = "kv",
-) -> Key:
-    state_dtype = str(state_dtype).removeprefix("torch.")
-    return SPEC.memoised_key(
-        dtype, H, HV, K, V, token_bucket(tokens), sequence_bucket(sequences), state_dtype, state_layout
-    )
+def _key(*fields: KeyValue) -> Key:
+    """chunk_state's key fields and buckets (`_state._key`'s arguments), as this spec's key."""
+    return _state._key(*fields, spec=SPEC)
 
 
 def chunk_state_output(

@@ -20,6 +20,8 @@ ceil(NT_n / SEG) chunks each (the last ones fewer or none), so the bookkeeping s
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -208,6 +210,12 @@ def segment_scratch(inputs: dict, segments: int) -> dict[str, torch.Tensor]:
     }
 
 
+@functools.cache
+def _kernel_config(config: Config) -> Config:
+    """The segment kernels' launch config: the structure's FUSED is no kernel argument."""
+    return Config.of(**{p: v for p, v in config.params if p != "FUSED"})
+
+
 def launch_segmented_state(inputs: dict, outputs: dict, config: Config) -> None:
     """chunk_state's h, v_new (and final state) into `outputs`, in config["SEG"] segments per sequence;
     the scratch buffers are taken from `outputs` ("seg", "hin") where present."""
@@ -221,7 +229,7 @@ def launch_segmented_state(inputs: dict, outputs: dict, config: Config) -> None:
     HV, V = u.shape[2], u.shape[3]
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
     scratch = outputs if "seg" in outputs else segment_scratch(inputs, SEG)
-    launch_config = Config.of(BV=BV, SEG=SEG, num_warps=config.num_warps, num_stages=config.num_stages)
+    launch_config = _kernel_config(config)
     common = dict(
         T=T, HV=HV, K=K, V=V, BT=CHUNK_SIZE, BK=max(16, pow2_ceil(K)), IS_VARLEN=cu_seqlens is not None
     )

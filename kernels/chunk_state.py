@@ -281,9 +281,11 @@ def _key(
     sequences: int,
     state_dtype: torch.dtype | str = "float32",
     state_layout: str = "kv",
+    spec: KernelSpec | None = None,
 ) -> Key:
+    """The key of a state pass (this spec's, or `spec`'s with the same fields: chunk_fused)."""
     state_dtype = str(state_dtype).removeprefix("torch.")
-    return SPEC.memoised_key(
+    return (spec or SPEC).memoised_key(
         dtype, H, HV, K, V, token_bucket(tokens), sequence_bucket(sequences), state_dtype, state_layout
     )
 
@@ -342,14 +344,23 @@ def _make_outputs(inputs: dict) -> dict[str, torch.Tensor]:
         # the upper bound. Tuner inputs carry the exact count, made on the host, as "chunks".
         N = cu_seqlens.numel() - 1
         chunk_rows = inputs.get("chunks") or _varlen.max_chunks(T, N, CHUNK_SIZE)
-    outputs = {
+    return {
         "h": torch.empty(B, chunk_rows, HV, K, V, dtype=k.dtype, device=k.device),
         "v_new": torch.empty(B, T, HV, V, dtype=k.dtype, device=k.device),
+        **final_state_output(inputs),
     }
-    if inputs.get("output_final_state", True) and not inputs.get("inplace_final_state", False):
-        shape = (N, HV, K, V) if inputs.get("state_layout", "kv") == "kv" else (N, HV, V, K)
-        outputs["final_state"] = torch.empty(shape, dtype=torch.float32, device=k.device)
-    return outputs
+
+
+def final_state_output(inputs: dict) -> dict[str, torch.Tensor]:
+    """{"final_state": a new float32 [N, HV, ..] in the state's layout} where one is asked for and not
+    written in place; else {}."""
+    if not inputs.get("output_final_state", True) or inputs.get("inplace_final_state", False):
+        return {}
+    k, u, cu_seqlens = inputs["k"], inputs["u"], inputs.get("cu_seqlens")
+    B, K, HV, V = k.shape[0], k.shape[3], u.shape[2], u.shape[3]
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    shape = (N, HV, K, V) if inputs.get("state_layout", "kv") == "kv" else (N, HV, V, K)
+    return {"final_state": torch.empty(shape, dtype=torch.float32, device=k.device)}
 
 
 def chunk_state(
