@@ -277,17 +277,24 @@ def _launch_fused(inputs: dict, outputs: dict, config: Config) -> None:
     )
 
 
+# The segment kernels put sequences × segments × heads on grid axis 1, which CUDA caps at 65535: 64
+# sequences × 16 segments × 64 heads failed on an H200 with "invalid argument". Past it the state pass
+# runs unsegmented, the same numbers at chunk_state's speed. Moving that product to axis 0 changes
+# the kernels' source (and so staleness of this spec's table): it waits for the table's next sweep.
+MAX_SEGMENT_ROWS = 65535
+
+
 def _launch_split(inputs: dict, outputs: dict, config: Config) -> None:
     """The state pass (chunk_state with its own table's config, or in config["SEG"] segments with this
     config's BV, warps and stages), then chunk_output with its table's; h and v_new in `outputs`."""
     q, k, u = inputs["q"], inputs["k"], inputs["u"]
     B, T, H, K = k.shape
     HV, V = u.shape[2], u.shape[3]
-    if config["SEG"] > 1:
+    cu_seqlens = inputs.get("cu_seqlens")
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    if config["SEG"] > 1 and N * config["SEG"] * HV <= MAX_SEGMENT_ROWS:
         launch_segmented_state(inputs, outputs, config)
     else:
-        cu_seqlens = inputs.get("cu_seqlens")
-        N = B if cu_seqlens is None else cu_seqlens.numel() - 1
         initial_state = inputs.get("initial_state")
         state_dtype = initial_state.dtype if initial_state is not None else torch.float32
         layout = inputs.get("state_layout", "kv")

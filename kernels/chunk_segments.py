@@ -210,10 +210,24 @@ def segment_scratch(inputs: dict, segments: int) -> dict[str, torch.Tensor]:
     }
 
 
+# Columns of the state per program in launch 2. Each of its steps is a [K, K] x [K, width] product in
+# 3xtf32, sequential over the segments, with only N·HV·V/width programs: at the structure's BV 64 a
+# step took about 5 us on an H200 (SEG 8 at 2/8 heads: 42 us of a 170 us pass), dominated by the
+# product's 6 MFLOP on one SM. Width 16 cuts each step's product 4x and gives 4x the programs; M is
+# read by more programs, from L2 (8 MB at 2/8 heads, SEG 8).
+COMBINE_BV = 16
+
+
 @functools.cache
 def _kernel_config(config: Config) -> Config:
     """The segment kernels' launch config: the structure's FUSED is no kernel argument."""
     return Config.of(**{p: v for p, v in config.params if p != "FUSED"})
+
+
+@functools.cache
+def _combine_config(config: Config) -> Config:
+    """Launch 2's config: the structure's warps and stages at COMBINE_BV columns."""
+    return Config.of(**{**dict(_kernel_config(config).params), "BV": COMBINE_BV})
 
 
 def launch_segmented_state(inputs: dict, outputs: dict, config: Config) -> None:
@@ -246,8 +260,8 @@ def launch_segmented_state(inputs: dict, outputs: dict, config: Config) -> None:
     )
     launch(
         _segment_combine_kernel,
-        (cdiv(V, BV), N * HV),
-        launch_config,
+        (cdiv(V, COMBINE_BV), N * HV),
+        _combine_config(config),
         seg=scratch["seg"],
         h0=initial_state,
         hin=scratch["hin"],

@@ -224,6 +224,25 @@ def test_segments_carry_the_state_across_their_boundaries(segments, device, monk
     assert relative_error(o_cold, ref_o) > 10 * TOLERANCE
 
 
+def test_segments_past_the_grid_limit_run_the_unsegmented_state_pass(monkeypatch):
+    """N·SEG·HV programs on grid axis 1 past CUDA's 65535 fail to launch ("invalid argument" on an
+    H200 at 64 sequences × 16 segments × 64 heads): such a call runs chunk_state's walk instead."""
+    from gdn_kernels._launch import recording
+
+    key = _key(N=4, T=256)
+    inputs = SPEC.make_inputs(key, "meta", 0)
+
+    def kernels(config):
+        with recording() as launches:
+            SPEC.launch(inputs, SPEC.make_outputs(inputs), config)
+        return [getattr(r.kernel, "__name__", None) or r.kernel.fn.__name__ for r in launches]
+
+    assert "_segment_state_kernel" in kernels(SEGMENTED)  # 4 sequences × 4 segments × 2 heads = 32
+    monkeypatch.setattr(chunk_fused, "MAX_SEGMENT_ROWS", 31)
+    launched = kernels(SEGMENTED)
+    assert "_chunk_state_kernel" in launched and not any("segment" in name for name in launched)
+
+
 # Compiled in a child process without TRITON_INTERPRET, for one target of each compute capability.
 _COMPILE = """
 import json, sys
