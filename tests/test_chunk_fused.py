@@ -64,6 +64,19 @@ def test_fused_and_split_agree_and_a_rerun_is_bitwise_identical(device):
     assert torch.equal(fused["o"], again["o"]) and torch.equal(fused["final_state"], again["final_state"])
 
 
+@pytest.mark.parametrize("segments", [2, 16])
+def test_segmented_agrees_with_split_and_a_rerun_is_bitwise_identical(segments, device):
+    key = _key(H=2, HV=4, K=32, V=32, T=330, N=1)  # 6 chunks: 16 segments leave some empty
+    inputs = SPEC.make_inputs(key, device, seed=11)
+    config = Config.of(FUSED=0, SEG=segments, BV=64, num_warps=4, num_stages=2)
+    split = launch_poisoned(SPEC, inputs, SPEC.default)
+    first = launch_poisoned(SPEC, inputs, config)
+    again = launch_poisoned(SPEC, inputs, config)
+    assert relative_error(first["o"], split["o"]) < 5e-3
+    assert relative_error(first["final_state"], split["final_state"]) < 5e-3
+    assert torch.equal(first["o"], again["o"]) and torch.equal(first["final_state"], again["final_state"])
+
+
 def test_split_only_at_its_fixed_launch_parameters():
     key = _key()
     assert SPEC.space.problems(Config.of(FUSED=0, SEG=1, BV=32, num_warps=4, num_stages=2), key)
