@@ -63,6 +63,9 @@ def main() -> int:
     parser.add_argument("--HV", type=int, default=64)
     parser.add_argument("--H", type=int, default=16)
     parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--proto-only", action="store_true", help="leave the package's configs out")
+    parser.add_argument("--stages", default="1", help="num_stages of the prototype's tile loop, e.g. 1,2,3")
+    parser.add_argument("--min-tile-rows", type=int, default=8, help="only prototypes with BV·NB ≥ this")
     args = parser.parse_args()
     from gdn_kernels._tables import resolve_config
     from gdn_kernels.fused_recurrent import SPACE, SPEC_GATED
@@ -80,7 +83,7 @@ def main() -> int:
         outputs = SPEC_GATED.make_outputs(inputs)
         return (lambda: SPEC_GATED.launch(inputs, outputs, config)), outputs
 
-    def proto(BV, NB, warps):
+    def proto(BV, NB, warps, stages):
         cache = inputs["initial_state"].clone()
         out = torch.empty(N, HV, V, device="cuda", dtype=torch.bfloat16)
         slots = inputs["ssm_state_indices"]
@@ -89,7 +92,7 @@ def main() -> int:
             _decode_tiles_kernel[(N * HV, V // (BV * NB))](
                 inputs["q"], inputs["k"], inputs["v"], inputs["g"], inputs["beta"], inputs["A_log"],
                 inputs["dt_bias"], out, cache, slots, K**-0.5, H=H, HV=HV, K=K, V=V, BV=BV, NB=NB,
-                num_warps=warps, num_stages=1,
+                num_warps=warps, num_stages=stages,
             )  # fmt: skip
 
         return call, cache, out, slots
@@ -108,16 +111,22 @@ def main() -> int:
         print(f"  {ms:8.4f} ms {100 * floor / ms:5.1f} %  {name}", flush=True)
 
     record(f"package table {table.label}", time_graph(fn, args.reps))
-    for BV, NB, warps in itertools.product((8, 16, 32, 64), (1, 2, 4, 8, 16), (1, 2, 4)):
+    stage_counts = [int(x) for x in args.stages.split(",")]
+    for BV, NB, warps, stages in itertools.product(
+        (8, 16, 32, 64), (1, 2, 4, 8, 16), (1, 2, 4), stage_counts
+    ):
         if BV * NB > V or not 32 * warps <= K * BV <= 128 * 32 * warps:  # the package's register bounds
             continue
-        fn, cache, out, slots = proto(BV, NB, warps)
+        tile_rows = BV * NB
+        if tile_rows < args.min_tile_rows or (stages > 1 and NB == 1):  # stages pipeline the tile loop
+            continue
+        fn, cache, out, slots = proto(BV, NB, warps, stages)
         fn()
         torch.cuda.synchronize()
         o_ref = ref.get("o", ref.get("out"))
         err = max(rel_err(out, o_ref.reshape(out.shape)), rel_err(cache[slots.long()], ref["final_state"]))
-        record(f"proto BV{BV} NB{NB} w{warps} (err {err:.1e})", time_graph(fn, args.reps))
-    for config in SPACE.candidates(key):
+        record(f"proto BV{BV} NB{NB} w{warps} s{stages} (err {err:.1e})", time_graph(fn, args.reps))
+    for config in [] if args.proto_only else SPACE.candidates(key):
         if config.num_stages == 2:  # one token: 1 and 3 stages bracket it
             continue
         fn, _ = package(config)
