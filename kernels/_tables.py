@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._registry import kernel_specs
+from ._registry import KERNEL_NAMES
 from ._spec import Config, KernelSpec, Key, declared_kernel_names
 from ._targets import ARCHS, arch_for_capability
 
@@ -530,8 +530,9 @@ def _report_unknown_kernels(folder: Path) -> None:
     call looks only for its own kernel's file and would never see it. Once per folder per process."""
     if folder in _scanned or not folder.is_dir():
         return
-    # The registry's kernels and any other spec this process declared (tests, --extra-specs).
-    known = set(kernel_specs()) | declared_kernel_names()
+    # The registry's kernels (by name: their modules need not be imported) and any other spec this
+    # process declared (tests, --extra-specs).
+    known = set(KERNEL_NAMES) | declared_kernel_names()
     for path in sorted(folder.glob("*.json")):
         if path.stem not in known:
             _problem(
