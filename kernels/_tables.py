@@ -13,6 +13,7 @@ raises `TableError` under `GDN_TUNE_STRICT=1`. A config the current kernel rejec
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -59,6 +60,7 @@ class TableWarning(UserWarning):
     """A table file or entry was skipped (or an arch has no tables); the kernel default is used instead."""
 
 
+@functools.lru_cache(maxsize=256)  # a table repeats its few dtype names in every entry
 def _is_safe_name(name: str, extra: str = "_") -> bool:
     return bool(name) and all((c.isascii() and c.isalnum()) or c in extra for c in name)
 
