@@ -20,6 +20,25 @@ _MODULES = (
     "fused_recurrent",
 )
 
+# The names of the kernels those modules define, in the same order. The table lookup checks a folder's
+# file names against them (a file no kernel reads is reported): importing every kernel module to learn
+# the names would cost a serving process's first forward call about 30 ms (Triton decorating each
+# kernel). `kernel_specs()` checks that the two agree.
+KERNEL_NAMES = (
+    "gdn_gating",
+    "gdn_prep",
+    "l2norm",
+    "chunk_kkt_solve",
+    "chunk_wu",
+    "chunk_state",
+    "chunk_output",
+    "chunk_fused",
+    "fused_recurrent",
+    "fused_recurrent_gated",
+    "packed_decode",
+    "spec_decode",
+)
+
 
 class UnknownKernelError(KeyError):
     def __str__(self) -> str:
@@ -33,6 +52,9 @@ def kernel_specs() -> dict[str, KernelSpec]:
         for spec in importlib.import_module(f"{__package__}.{module}").SPECS:
             assert spec.name not in specs, f"duplicate kernel name {spec.name}"
             specs[spec.name] = spec
+    assert tuple(specs) == KERNEL_NAMES, (
+        f"_registry.KERNEL_NAMES lists {KERNEL_NAMES}, the modules {tuple(specs)}"
+    )
     return specs
 
 

@@ -5,6 +5,7 @@ The tuner and the runtime both read these objects; nothing about a kernel is wri
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import itertools
@@ -166,8 +167,9 @@ class SearchSpace:
     params: tuple[Param, ...]
     constraints: tuple[Constraint, ...] = ()
 
-    @property
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
+        # Cached: validating a table reads it for every parameter of every entry.
         return tuple(p.name for p in self.params)
 
     def param(self, name: str) -> Param:

@@ -13,6 +13,7 @@ raises `TableError` under `GDN_TUNE_STRICT=1`. A config the current kernel rejec
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._registry import kernel_specs
+from ._registry import KERNEL_NAMES
 from ._spec import Config, KernelSpec, Key, declared_kernel_names
 from ._targets import ARCHS, arch_for_capability
 
@@ -59,6 +60,7 @@ class TableWarning(UserWarning):
     """A table file or entry was skipped (or an arch has no tables); the kernel default is used instead."""
 
 
+@functools.lru_cache(maxsize=256)  # a table repeats its few dtype names in every entry
 def _is_safe_name(name: str, extra: str = "_") -> bool:
     return bool(name) and all((c.isascii() and c.isalnum()) or c in extra for c in name)
 
@@ -530,8 +532,9 @@ def _report_unknown_kernels(folder: Path) -> None:
     call looks only for its own kernel's file and would never see it. Once per folder per process."""
     if folder in _scanned or not folder.is_dir():
         return
-    # The registry's kernels and any other spec this process declared (tests, --extra-specs).
-    known = set(kernel_specs()) | declared_kernel_names()
+    # The registry's kernels (by name: their modules need not be imported) and any other spec this
+    # process declared (tests, --extra-specs).
+    known = set(KERNEL_NAMES) | declared_kernel_names()
     for path in sorted(folder.glob("*.json")):
         if path.stem not in known:
             _problem(

@@ -31,6 +31,8 @@ its functions minus the wrapped functions they call, so the phases and "rest" ad
     C modules     loading (or building) Triton's C launchers and driver utilities
     C builds      C compiles of those (a miss of the cache: 0.3 s each)
     module load   CompiledKernel._init_handles less the launcher: cuModuleLoadData, function handle
+    gc            Python's garbage collector, wherever a collection lands (calls: collections; a full
+                  one traverses every object torch and triton made, tens of ms on these hosts)
     rest          everything else: launchers' Python, torch ops and allocations, launches, GPU work
 
 and beside them: the GPU time of the call (CUDA events) against the third call's, and the memory the
@@ -82,6 +84,7 @@ PHASES = (
     "C modules",
     "C builds",
     "module load",
+    "gc",
 )
 
 
@@ -108,6 +111,24 @@ class PhaseClock:
                     self._stack[-1][0] += spent
 
         return timed
+
+    def watch_gc(self) -> None:
+        """Collections as a phase of their own: the garbage collector runs wherever allocations
+        happen to trigger it, and would otherwise count in the phase it interrupts."""
+        import gc
+
+        def timed(stage: str, info: dict) -> None:
+            if stage == "start":
+                self._stack.append([0.0, time.perf_counter()])
+                return
+            inner, started = self._stack.pop()
+            spent = time.perf_counter() - started
+            self.seconds["gc"] += spent - inner
+            self.calls["gc"] += 1
+            if self._stack:
+                self._stack[-1][0] += spent
+
+        gc.callbacks.append(timed)
 
     def patch(self, phase: str, owner: Any, name: str) -> None:
         original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
@@ -150,6 +171,7 @@ def _instrument(clock: PhaseClock) -> None:
     clock.patch("C builds", build, "_build")
     clock.patch("module load", CompiledKernel, "_init_handles")
     clock.patch("C modules", nvidia.CudaLauncher, "__init__")
+    clock.watch_gc()
 
 
 def child(case: str, cprofile: int) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -447,6 +449,31 @@ def test_a_table_file_for_an_unknown_kernel_is_reported(tables, monkeypatch, str
     assert config == Config.of(BLOCK=256, num_warps=1, num_stages=1)  # the valid table is still used
     assert len(messages) == 1 and "chunk_stat.json: no kernel is named 'chunk_stat'" in messages[0]
     assert resolve_quietly(ROWSUM, rowsum_key(64))[1] == []  # fake_rowsum is a kernel; reported once
+
+
+def test_the_registry_names_every_kernel():
+    # The unknown-file check reads these names instead of importing every kernel module.
+    from gdn_kernels._registry import KERNEL_NAMES
+
+    assert tuple(kernel_specs()) == KERNEL_NAMES
+
+
+def test_a_first_resolution_imports_no_other_kernel_module():
+    # A serving process's first prefill call must not pay for importing the decode kernels (Triton
+    # decorating each of them: tens of ms), only to learn the names of the shipped tables.
+    code = (
+        "import sys, torch\n"
+        "from gdn_kernels import Workload, _tables\n"
+        "from gdn_kernels.chunk_wu import SPEC\n"
+        "key = SPEC.key_for(Workload(H=16, HV=64, K=128, V=128, tokens=8192))\n"
+        "with _tables.resolving_as('meta', _tables.TablePlace('sm90', None)):\n"
+        "    _tables.resolve_config(SPEC, key, torch.device('meta'))\n"
+        "print(sorted(m for m in ('gdn_kernels.gating', 'gdn_kernels.fused_recurrent') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in (_tables.ENV_CONFIG_DIR, _tables.ENV_ARCH)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]"], result.stdout
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
