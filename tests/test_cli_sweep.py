@@ -42,3 +42,25 @@ def test_bad_sweep_arguments_are_clear_errors(tmp_path, args, message):
 def test_an_unknown_preset_is_a_usage_error_naming_the_presets(tmp_path):
     result = _invoke(["sweep", "--gpu", "h200", "--interpret", "--preset", "nope"])
     assert result.exit_code == 2 and "'nope' is not one of" in result.output and "'smoke'" in result.output
+
+
+def test_queue_depth_must_be_at_least_one(tmp_path):
+    result = _invoke(
+        [
+            "sweep",
+            "--gpu",
+            "h200",
+            "--interpret",
+            "--db",
+            f"sqlite:///{tmp_path / 'x.db'}",
+            "--queue-depth",
+            "0",
+        ]
+    )
+    assert result.exit_code == 2 and "--queue-depth" in result.output, result.output
+
+
+def test_the_busy_share_reads_per_worker_in_percent():
+    from gdn_tune.cli.progress import busy_line
+
+    assert busy_line({"gpu0": 0.934, "gpu1": 0.5}) == "gpu0 93 %, gpu1 50 %"

@@ -283,6 +283,78 @@ def test_ctrl_c_keeps_finished_trials_and_the_next_run_completes(tmp_path):
     assert finished.trials_total == {"ok": GATING_TRIALS} and finished.winners == 2
 
 
+TIMED_0 = dict(kernels=["fake_timed_0"], extra_specs=["_fake_kernels:TIMED_SPECS"])
+TIMED_0_TRIALS = 2 * len(fake.TIMED_BLOCKS)  # the smoke preset's two keys, every block
+
+
+def _handed_out(monkeypatch) -> list:
+    """The trial tasks the sweep hands to its workers from now on, in order."""
+    from gdn_tune.worker import TrialTask, WorkerPool
+
+    sent: list[TrialTask] = []
+    submit = WorkerPool.submit
+
+    def recording(self, task, worker_index=None):
+        if isinstance(task, TrialTask):
+            sent.append(task)
+        return submit(self, task, worker_index)
+
+    monkeypatch.setattr(WorkerPool, "submit", recording)
+    return sent
+
+
+def _trial_configs(db_path: Path) -> list[tuple[str, str]]:
+    return _rows(
+        db_path,
+        "SELECT p.key_json, t.config_json FROM tune_trials t JOIN tune_problems p ON p.id = t.problem_id",
+    )
+
+
+def test_a_trial_queued_when_the_sweep_stops_is_measured_by_the_next_run(tmp_path, monkeypatch):
+    db_path = tmp_path / "queued.db"
+    url = f"sqlite:///{db_path}"
+
+    def interrupt_after_three(progress):
+        if progress.phase == "measure" and progress.done >= 3:
+            raise KeyboardInterrupt
+
+    sent = _handed_out(monkeypatch)
+    stopped = run_sweep(
+        "h200", preset="smoke", interpret=True, db_url=url, progress=interrupt_after_three, **TIMED_0
+    )
+    assert stopped.stopped == "interrupted" and stopped.trials_total == {"ok": 3}
+    # The fourth trial was with the worker (queued while the third ran) and has no result.
+    assert len(sent) == 4
+    queued = sent[3]
+    recorded = [(json.loads(k), json.loads(c)) for k, c in _trial_configs(db_path)]
+    assert len(recorded) == 3 and (queued.key.as_dict(), queued.config.as_dict()) not in recorded
+
+    sent.clear()
+    finished = run_sweep("h200", preset="smoke", interpret=True, db_url=url, **TIMED_0)
+    assert finished.status == "finished" and finished.winners == 2
+    assert (queued.key, queued.config) in [(t.key, t.config) for t in sent]  # handed out again
+    assert _rows(db_path, "SELECT COUNT(*), COUNT(DISTINCT problem_id || config_json) FROM tune_trials") == [
+        (TIMED_0_TRIALS, TIMED_0_TRIALS)
+    ]
+
+
+def test_a_budget_lets_the_queued_trials_finish_and_records_them_as_measured(tmp_path, monkeypatch):
+    from gdn_tune.sweep.state import SweepRun
+
+    db_path = tmp_path / "budget_queued.db"
+    url = f"sqlite:///{db_path}"
+    # The budget runs out with the second result: the third was queued behind it by then.
+    monkeypatch.setattr(SweepRun, "out_of_budget", lambda self: self.measured_this_run >= 2)
+    stopped = run_sweep("h200", preset="smoke", interpret=True, db_url=url, **TIMED_0)
+    assert (stopped.status, stopped.stopped) == ("interrupted", "budget")
+    assert stopped.trials_total == {"ok": 3}  # the queued one measured and recorded as it came out
+    monkeypatch.undo()
+    finished = run_sweep("h200", preset="smoke", interpret=True, db_url=url, **TIMED_0)
+    assert finished.status == "finished" and finished.winners == 2
+    assert sum(finished.trials_this_run.values()) == TIMED_0_TRIALS - 3
+    assert finished.trials_total == {"ok": TIMED_0_TRIALS}
+
+
 @pytest.mark.parametrize(
     "interpret", [True, pytest.param(False, marks=pytest.mark.gpu)], ids=["interpret", "gpu"]
 )
@@ -298,6 +370,9 @@ def test_injected_faults_are_recorded_with_their_status_and_never_exported(tmp_p
     summary = json.loads(result.stdout[result.stdout.index("{") :])
     assert summary["status"] == "finished" and summary["winners"] == 1
     assert summary["workers_replaced"] == 2  # the aborted one and the hung one
+    # Each had the next trial queued behind the faulty one: run again on the fresh worker, and recorded
+    # with its own status below, not as crashed or timed out.
+    assert summary["queue_depth"] == 2 and summary["trials_requeued"] == 2
     statuses = {
         json.loads(c)["BLOCK"]: s for c, s in _rows(db_path, "SELECT config_json, status FROM tune_trials")
     }

@@ -155,6 +155,67 @@ def test_several_workers_share_the_problems_on_sqlite_with_the_winners_of_one(tm
     assert done == [(TIMED_PROBLEMS,)]
 
 
+# A queue of tasks per worker ---------------------------------------------------------------------
+
+
+def _sweep_recording_queues(monkeypatch, url: str, queue_depth: int, workers: int):
+    """A grid sweep of two TIMED kernels; returns its summary and, for each result the sweep process
+    took in, how many tasks its worker still held at that moment (the next ones, already handed over)."""
+    from gdn_tune.sweep.schedule import Scheduler
+
+    held: list[int] = []
+    on_result = Scheduler._on_result
+
+    def recording(self, result):
+        held.append(len(self.pool.tasks(result.worker_index)))
+        on_result(self, result)
+
+    monkeypatch.setattr(Scheduler, "_on_result", recording)
+    summary = run_sweep(
+        "h200",
+        preset="smoke",
+        kernels=TIMED_KERNELS[:2],
+        extra_specs=[TIMED],
+        interpret=True,
+        workers=workers,
+        db_url=url,
+        compile_processes=1,
+        queue_depth=queue_depth,
+    )
+    monkeypatch.undo()  # the next sweep's recording wraps the scheduler's own method, not this one
+    return summary, held
+
+
+def _results(url: str) -> set[tuple[str, int, int, str]]:
+    return {(k, T, block, status) for k, T, block, status, _ in _trial_rows(url)}
+
+
+def test_with_queue_depth_2_a_worker_has_its_next_trial_before_the_last_result_is_processed(
+    tmp_path, monkeypatch
+):
+    one_url, two_url = (f"sqlite:///{tmp_path / name}" for name in ("depth1.db", "depth2.db"))
+    one, held_one = _sweep_recording_queues(monkeypatch, one_url, queue_depth=1, workers=2)
+    two, held_two = _sweep_recording_queues(monkeypatch, two_url, queue_depth=2, workers=2)
+    problems = 2 * 2
+    # Depth 1: the next task goes out only once the result is processed. Depth 2: a problem's default
+    # is measured alone and its re-timing waits for every trial, but its search trials come in while
+    # the next one is already with the worker (per problem of 4 configs: the first two of 3).
+    assert set(held_one) == {0}
+    assert max(held_two) == 1 and held_two.count(1) >= problems, held_two
+    # The same trials, statuses and winners either way.
+    for summary in (one, two):
+        assert (summary.status, summary.winners, summary.trials_requeued) == ("finished", problems, 0)
+        assert summary.trials_this_run == {"ok": problems * len(fake.TIMED_BLOCKS)}
+    assert (one.queue_depth, two.queue_depth) == (1, 2)
+    assert _results(one_url) == _results(two_url)
+    expected = {k: v for k, v in _expected_winners().items() if k[0] in TIMED_KERNELS[:2]}
+    assert _winners(one_url) == _winners(two_url) == expected
+    # Each worker's time on trials, as a share of the measuring wall time.
+    for summary in (one, two):
+        assert list(summary.busy_share) == ["cpu0", "cpu1"]
+        assert all(0 < share <= 1 for share in summary.busy_share.values()), summary.busy_share
+
+
 # Several processes, one PostgreSQL database ------------------------------------------------------
 
 

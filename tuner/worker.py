@@ -1,4 +1,4 @@
-"""GPU workers: one process per GPU, fed one task at a time, replaced when they die or hang.
+"""GPU workers: one process per GPU, fed a short queue of tasks, replaced when they die or hang.
 
 A kernel that reads out of bounds ends in an illegal-address error that poisons its CUDA context for
 good, or in an abort that ends the process; a bad loop bound hangs the GPU. None of that may end a sweep
@@ -7,6 +7,11 @@ a worker whose process ends mid-trial has its trial recorded as crashed (with th
 one still busy past the trial timeout is killed and its trial recorded as timed out, and either way a
 fresh worker takes its place. Workers hand results back over a pipe; only the sweep's process writes
 the database, so SQLite never reports "database is locked".
+
+Each worker is sent up to `queue_depth` tasks at once (default QUEUE_DEPTH): the first runs, the others
+wait in its pipe, so the worker starts its next trial the moment it sends a result instead of idling
+while the sweep's process commits that result and asks the strategy for more. Tasks queued behind one
+that killed or hung its worker never ran to an answer: the fresh worker runs them again, in order.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import signal
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +40,11 @@ WORKER_START_TIMEOUT_S = 300.0
 # First trial of a problem on a worker includes the float64 reference and the JIT compile of the config
 # for the real GPU (5 to 30 s for the state recurrence); the rest take well under a second.
 DEFAULT_TRIAL_TIMEOUT_S = 180.0
+# Tasks a worker holds at once, the running one included. Two hide the sweep process's round trip
+# between trials (the result's commit, the strategy's ask: milliseconds to tens of ms) behind the GPU
+# work of the next trial; more would only hold trials that a TPE search could have chosen better with
+# the results in. 1 hands out the next task only after the last result is in.
+QUEUE_DEPTH = 2
 
 
 @contextmanager
@@ -158,8 +169,8 @@ class _Worker:
     label: str  # which GPU (or CPU slot under the interpreter) it measures on, for the trial's record
     process: Any
     conn: Connection
-    task: Task | None = None
-    started: float = field(default=0.0)
+    tasks: deque[Task] = field(default_factory=deque)  # sent and not answered, in order: the first runs
+    started: float = field(default=0.0)  # when the first of `tasks` began (about: the last answer came)
 
 
 class WorkerStartError(RuntimeError):
@@ -171,7 +182,7 @@ class WorkerPool:
 
     With `wait=False` the processes start and the constructor returns at once: a worker imports torch
     and sets up its GPU (seconds) while the caller does other work (the sweep compiles); `wait_ready`
-    then waits for them. Without, the constructor waits.
+    then waits for them. Without, the constructor waits. Each worker holds up to `queue_depth` tasks.
     """
 
     def __init__(
@@ -181,13 +192,18 @@ class WorkerPool:
         extra_spec_paths: tuple[str, ...] = (),
         trial_timeout_s: float = DEFAULT_TRIAL_TIMEOUT_S,
         wait: bool = True,
+        queue_depth: int = QUEUE_DEPTH,
     ) -> None:
         if count < 1:
             raise ValueError(f"workers must be at least 1, got {count}")
+        if queue_depth < 1:
+            raise ValueError(f"queue depth must be at least 1, got {queue_depth}")
         self.interpret = interpret
         self.extra_spec_paths = tuple(extra_spec_paths)
         self.trial_timeout_s = trial_timeout_s
+        self.queue_depth = queue_depth
         self.replaced = 0
+        self.requeued = 0  # tasks sent again to a fresh worker after the one before them failed
         self._context = get_context("spawn")
         self._workers: list[_Worker] = []
         self._starting: list[_Worker] = []
@@ -274,6 +290,11 @@ class WorkerPool:
         self._await_ready(fresh)
         self._workers[self._workers.index(worker)] = fresh
         self.replaced += 1
+        # What was queued behind the failed task never ran, or ran in a process whose answer is lost:
+        # the fresh worker runs it again, and the failure stays with the task that caused it.
+        for task in worker.tasks:
+            self._send(fresh, task)
+        self.requeued += len(worker.tasks)
 
     @property
     def size(self) -> int:
@@ -281,33 +302,49 @@ class WorkerPool:
 
     @property
     def idle(self) -> int:
-        return sum(w.task is None for w in self._workers)
+        return sum(not w.tasks for w in self._workers)
 
     @property
     def idle_workers(self) -> list[int]:
         """Indices of the workers waiting for a task."""
-        return [w.index for w in self._workers if w.task is None]
+        return [w.index for w in self._workers if not w.tasks]
 
     @property
     def busy(self) -> int:
         return self.size - self.idle
 
+    def tasks(self, worker_index: int) -> tuple[Task, ...]:
+        """The tasks worker `worker_index` holds, in order: the first is running, the others wait."""
+        return tuple(next(w for w in self._workers if w.index == worker_index).tasks)
+
+    def with_room(self, queued: int) -> list[int]:
+        """Indices of the workers holding exactly `queued` tasks, when that leaves room for another."""
+        if queued >= self.queue_depth:
+            return []
+        return [w.index for w in self._workers if len(w.tasks) == queued]
+
     def submit(self, task: Task, worker_index: int | None = None) -> int:
-        """Hand `task` to worker `worker_index` (default: the first idle one); returns its index."""
-        idle = [w for w in self._workers if w.task is None]
-        if worker_index is not None:
-            idle = [w for w in idle if w.index == worker_index]
-        if not idle:
-            raise RuntimeError("no idle worker" if worker_index is None else f"worker {worker_index} is busy")
-        worker = idle[0]
-        worker.task = task
-        worker.started = time.monotonic()
+        """Hand `task` to worker `worker_index` (default: the first idle one), behind the tasks it holds;
+        returns its index."""
+        if worker_index is None:
+            room = [w for w in self._workers if not w.tasks]
+        else:
+            room = [w for w in self._workers if w.index == worker_index and len(w.tasks) < self.queue_depth]
+        if not room:
+            raise RuntimeError("no idle worker" if worker_index is None else f"worker {worker_index} is full")
+        self._send(room[0], task)
+        return room[0].index
+
+    @staticmethod
+    def _send(worker: _Worker, task: Task) -> None:
+        if not worker.tasks:
+            worker.started = time.monotonic()
+        worker.tasks.append(task)
         worker.conn.send(task)
-        return worker.index
 
     def collect(self, timeout_s: float = 1.0) -> list[TaskResult]:
         """Results that arrived within `timeout_s`, including trials of workers that died or hung."""
-        busy = [w for w in self._workers if w.task is not None]
+        busy = [w for w in self._workers if w.tasks]
         if not busy:
             return []
         now = time.monotonic()
@@ -316,30 +353,44 @@ class WorkerPool:
         ready = set(wait(waitables, timeout=max(0.0, min(timeout_s, next_deadline))))
         results: list[TaskResult] = []
         for worker in busy:
-            task = worker.task
-            assert task is not None
             if worker.conn in ready or worker.process.sentinel in ready:
-                result = self._receive(worker)
-                worker.task = None
-                if result is None:  # the process ended without answering
-                    worker.process.join(timeout=5)
-                    result = TaskResult(task, self._died(worker), worker_replaced=True)  # index set below
-                    self._replace(worker)
-                elif result.worker_exits:
-                    self._replace(worker)
-                results.append(dataclasses.replace(result, worker_index=worker.index))
+                results.extend(self._answers(worker))
             elif time.monotonic() - worker.started > self.trial_timeout_s:
                 timeout = f"worker still busy after {self.trial_timeout_s:g} s; killed"
                 results.append(
                     TaskResult(
-                        task,
+                        worker.tasks.popleft(),
                         Measurement(TrialStatus.TIMEOUT, error=timeout),
                         worker_replaced=True,
                         worker_index=worker.index,
                     )
                 )
-                worker.task = None
                 self._replace(worker)
+        return results
+
+    def _answers(self, worker: _Worker) -> list[TaskResult]:
+        """What `worker` sent, in the order of its tasks; and if its process ended, the task it died on."""
+        # Looked at before reading: whatever a process sent before it ended is in the pipe by then.
+        ended = not worker.process.is_alive()
+        results: list[TaskResult] = []
+        while worker.tasks and (result := self._receive(worker)) is not None:
+            worker.tasks.popleft()
+            worker.started = time.monotonic()  # the next task began when this answer was sent
+            results.append(dataclasses.replace(result, worker_index=worker.index))
+            if result.worker_exits:
+                self._replace(worker)
+                return results
+        if ended:
+            worker.process.join(timeout=5)
+            if worker.tasks:  # it ended without answering the one it was running
+                died = TaskResult(
+                    worker.tasks.popleft(),
+                    self._died(worker),
+                    worker_replaced=True,
+                    worker_index=worker.index,
+                )
+                results.append(died)
+            self._replace(worker)
         return results
 
     @staticmethod
@@ -362,10 +413,10 @@ class WorkerPool:
         return Measurement(TrialStatus.CRASHED, error=f"worker process {how} during the trial")
 
     def close(self) -> None:
-        """Stop every worker; a busy one is killed (its trial is simply not recorded)."""
+        """Stop every worker; a busy one is killed (its trials, running or queued, are simply not recorded)."""
         self._kill_starting()  # never waited for: nothing to hand over
         for worker in self._workers:
-            if worker.task is None and worker.process.is_alive():
+            if not worker.tasks and worker.process.is_alive():
                 with contextlib.suppress(OSError):  # it may have died since
                     worker.conn.send(None)
         deadline = time.monotonic() + 5
@@ -395,6 +446,7 @@ def default_worker_count(interpret: bool) -> int:
 
 __all__ = [
     "DEFAULT_TRIAL_TIMEOUT_S",
+    "QUEUE_DEPTH",
     "RetimeTask",
     "TaskResult",
     "TrialTask",

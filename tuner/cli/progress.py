@@ -58,3 +58,8 @@ def seconds_line(seconds: dict[str, float]) -> str:
     total = sum(seconds.values()) or 1.0
     parts = sorted(seconds.items(), key=lambda item: -item[1])
     return ", ".join(f"{name} {s:.1f} s ({100 * s / total:.0f} %)" for name, s in parts)
+
+
+def busy_line(share: dict[str, float]) -> str:
+    """ "gpu0 93 %, gpu1 88 %": each worker's time on trials as a share of the measuring wall time."""
+    return ", ".join(f"{label} {100 * fraction:.0f} %" for label, fraction in share.items())

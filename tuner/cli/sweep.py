@@ -23,7 +23,7 @@ from .options import (
     shapes_option,
     target_option,
 )
-from .progress import SweepProgressLine, seconds_line
+from .progress import SweepProgressLine, busy_line, seconds_line
 
 TPE_DEFAULT_TRIALS = TpeStrategy.options["trials"][1]
 
@@ -63,6 +63,13 @@ TPE_DEFAULT_TRIALS = TpeStrategy.options["trials"][1]
     metavar="SECONDS",
     help="A problem whose process sent no heartbeat for this long goes to another process (default 60).",
 )
+@click.option(
+    "--queue-depth",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tasks each worker holds, the running one included (default 2: the next trial waits on the "
+    "worker while this process records the last; 1: handed out only after it).",
+)
 @extra_specs_option
 @json_option
 @domain_errors
@@ -79,6 +86,7 @@ def sweep(
     interpret: bool,
     trial_timeout: float | None,
     claim_grace: float | None,
+    queue_depth: int | None,
     extra_specs: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -91,7 +99,7 @@ def sweep(
     """
     from ..storage import DEFAULT_CLAIM_GRACE_S
     from ..sweep.run import run_sweep
-    from ..worker import DEFAULT_TRIAL_TIMEOUT_S
+    from ..worker import DEFAULT_TRIAL_TIMEOUT_S, QUEUE_DEPTH
 
     if preset and shapes:
         raise ValueError("give --preset or --shape, not both")
@@ -118,6 +126,7 @@ def sweep(
             extra_specs=extra_specs,
             trial_timeout_s=trial_timeout or DEFAULT_TRIAL_TIMEOUT_S,
             claim_grace_s=claim_grace or DEFAULT_CLAIM_GRACE_S,
+            queue_depth=queue_depth or QUEUE_DEPTH,
             command=shlex.join(["gdn-tune", *sys.argv[1:]]),
         )
     finally:
@@ -134,7 +143,10 @@ def sweep(
             f"measure {summary.measure_wall_s:.1f} s."
         )
         if summary.worker_seconds:
-            click.echo("  workers' time: " + seconds_line(summary.worker_seconds))
+            click.echo(
+                f"  workers' time: {seconds_line(summary.worker_seconds)}; "
+                f"busy (of measure): {busy_line(summary.busy_share)}"
+            )
             click.echo("  this process:  " + seconds_line(summary.sweep_seconds))
         for label in summary.no_correct_config:
             click.echo(f"  no correct config: {label}")

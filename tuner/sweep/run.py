@@ -18,7 +18,7 @@ from ..specs import available_specs, extra_spec_paths, select_specs
 from ..storage import DEFAULT_CLAIM_GRACE_S, DEFAULT_DB_URL, Storage, SweepStatus, claimant_name, key_to_json
 from ..strategies import Problem, Search, Strategy, make_strategy
 from ..trial_result import TrialStatus
-from ..worker import DEFAULT_TRIAL_TIMEOUT_S, WorkerPool, default_worker_count
+from ..worker import DEFAULT_TRIAL_TIMEOUT_S, QUEUE_DEPTH, WorkerPool, default_worker_count
 from .plan import (
     Plan,
     measured_times,
@@ -67,6 +67,12 @@ class SweepSummary:
     # process's own work between their results.
     worker_seconds: dict[str, float] = field(default_factory=dict)
     sweep_seconds: dict[str, float] = field(default_factory=dict)
+    # Per worker ("gpu3"): its time on trials (setup to timing, all of worker_seconds) and that time's
+    # share of measure_wall_s. A share well under 1 on a GPU is time the GPU waited for this process.
+    busy_seconds: dict[str, float] = field(default_factory=dict)
+    busy_share: dict[str, float] = field(default_factory=dict)
+    queue_depth: int = QUEUE_DEPTH
+    trials_requeued: int = 0  # queued behind a trial whose worker died or hung, and run on a fresh one
     strategy_failures: list[str] = field(default_factory=list)  # e.g. a TPE study not kept in the database
 
     def as_dict(self) -> dict[str, Any]:
@@ -133,6 +139,7 @@ def run_sweep(
     command: str = "",
     compile_processes: int | None = None,
     claim_grace_s: float = DEFAULT_CLAIM_GRACE_S,
+    queue_depth: int = QUEUE_DEPTH,
 ) -> SweepSummary:
     """Sweep `kernels` (default: all) over `workloads` or a preset (default "default", under the
     interpreter "smoke") for `target`, on `workers` worker processes (default: one per visible GPU).
@@ -142,13 +149,14 @@ def run_sweep(
     "interrupted": the same command continues it). Ctrl-C stops as cleanly: finished trials stay, those
     in flight are dropped and measured again next time. Any number of processes may run the same sweep
     on one database (PostgreSQL, for several hosts): they share its problems, and a problem whose
-    process stopped heart-beating for `claim_grace_s` seconds is taken over. Raises ValueError for bad
+    process stopped heart-beating for `claim_grace_s` seconds is taken over. Each worker holds up to
+    `queue_depth` tasks (see worker.QUEUE_DEPTH; 1: the next only once the last result is in). Raises ValueError for bad
     arguments, GpuMismatchError when `target` is not the GPU present, StorageError for database failures.
     """
     started = time.monotonic()
     workloads = _workloads(workloads, preset, interpret)
     search_strategy = _strategy(strategy, strategy_options, trials)
-    _check_limits(budget_s, workers, claim_grace_s)
+    _check_limits(budget_s, workers, claim_grace_s, queue_depth)
 
     gpu_target, gpu_name = resolve_target(target, interpret)
     worker_count = workers or default_worker_count(interpret)
@@ -178,7 +186,9 @@ def run_sweep(
 
     def start_workers() -> WorkerPool:
         with run.clock("starting workers"):
-            return WorkerPool(worker_count, interpret, extra_paths, trial_timeout_s, wait=False)
+            return WorkerPool(
+                worker_count, interpret, extra_paths, trial_timeout_s, wait=False, queue_depth=queue_depth
+            )
 
     measured = _Phases()
     try:
@@ -198,6 +208,7 @@ def run_sweep(
     status = _close(run, measured, claim_grace_s)
     strategy_failures = search_strategy.close()
     _reload_finished_elsewhere(run)
+    busy = {label: run.busy_seconds[label] for label in measured.labels} | dict(run.busy_seconds)
     summary = SweepSummary(
         sweep_id=sweep.id,
         resumed=resumed,
@@ -230,6 +241,12 @@ def run_sweep(
         claimant=run.claimant,
         worker_seconds={k: round(v, 3) for k, v in sorted(run.worker_seconds.items())},
         sweep_seconds={k: round(v, 3) for k, v in sorted(run.sweep_seconds.items())},
+        busy_seconds={k: round(v, 3) for k, v in busy.items()},
+        busy_share={
+            k: round(v / measured.measure_wall, 3) for k, v in busy.items() if measured.measure_wall > 0
+        },
+        queue_depth=queue_depth,
+        trials_requeued=measured.requeued,
         strategy_failures=strategy_failures,
     )
     storage.dispose()
@@ -264,13 +281,17 @@ def _strategy(name: str, strategy_options: Mapping[str, Any] | None, trials: int
     return make_strategy(name, **options)
 
 
-def _check_limits(budget_s: float | None, workers: int | None, claim_grace_s: float) -> None:
+def _check_limits(
+    budget_s: float | None, workers: int | None, claim_grace_s: float, queue_depth: int
+) -> None:
     if budget_s is not None and budget_s <= 0:
         raise ValueError(f"budget: must be positive, got {budget_s} s")
     if workers is not None and workers < 1:
         raise ValueError(f"workers: must be at least 1, got {workers}")
     if not claim_grace_s > 0:
         raise ValueError(f"claim_grace: must be positive, got {claim_grace_s} s")
+    if queue_depth < 1:
+        raise ValueError(f"queue_depth: must be at least 1, got {queue_depth}")
 
 
 def _load_problems(run: SweepRun) -> int:
@@ -292,6 +313,8 @@ class _Phases:
     compile_wall: float = 0.0
     measure_wall: float = 0.0
     replaced: int = 0
+    requeued: int = 0
+    labels: tuple[str, ...] = ()  # the workers' devices, "gpu3": each has a busy share, 0 if it got no task
 
 
 def _compile_and_measure(
@@ -332,6 +355,7 @@ def _compile_and_measure(
         )  # all problems were done, yet this run has more to measure
         with run.clock("starting workers"):
             phases.pool.wait_ready()
+        phases.labels = tuple(phases.pool.label(i) for i in range(phases.pool.size))
 
         def search_for(plan: Plan) -> Search:
             assert plan.problem is not None
@@ -345,7 +369,7 @@ def _compile_and_measure(
             run, phases.pool, candidates, search_for, strategy, settings, claim_grace_s, top_k
         )
         scheduler.run_until_done()
-        phases.replaced = phases.pool.replaced
+        phases.replaced, phases.requeued = phases.pool.replaced, phases.pool.requeued
     elif candidates:
         run.stopped = "budget"
     phases.measure_wall = time.monotonic() - run.measure_started

@@ -52,7 +52,10 @@ class Scheduler:
     GPU) from the default config through the search to the re-timed pick. A worker whose problem has
     nothing to hand out (its default is in flight, or its last trials are) claims the next problem;
     when no problem is left to claim, idle workers help the problems still in progress, so no GPU idles
-    while work remains. Claims are kept alive by a heartbeat every quarter of the grace period.
+    while work remains. A busy worker is also handed the next task of its problem, queued behind the one
+    it measures (up to the pool's queue depth), so this process's round trip between two trials (commit,
+    strategy) overlaps the GPU's work. Claims are kept alive by a heartbeat every quarter of the grace
+    period.
     """
 
     def __init__(
@@ -244,27 +247,43 @@ class Scheduler:
         self._finish(plan)
 
     def _fill(self) -> None:
-        """Hand a task to every idle worker that can have one."""
-        for worker in self.pool.idle_workers:
-            task = None
-            home = self.active.get(self.home.get(worker, -1))
-            if home is not None:
-                task = self._next_task(home)
-            while task is None and (claimed := self._claim()) is not None:
-                self.home[worker] = claimed.problem_id
-                task = self._next_task(claimed)
-            if task is None:  # nothing left to claim: help the problems in progress, least served first
-                for active in sorted(self.active.values(), key=lambda a: len(a.in_flight)):
-                    if (task := self._next_task(active)) is not None:
-                        break
-            if task is None:
-                continue
-            owner = next(a for a in self.active.values() if task.task_id in a.in_flight)
-            self.task_owner[task.task_id] = owner.problem_id
-            self.pool.submit(task, worker)
+        """Hand a task to every worker with room for one: the idle workers first, then one more to each
+        busy worker, queued behind the trial it measures (see worker.QUEUE_DEPTH)."""
+        for queued in range(self.pool.queue_depth):
+            for worker in self.pool.with_room(queued):
+                task = self._queued_task(worker) if queued else self._first_task(worker)
+                if task is None:
+                    continue
+                owner = next(a for a in self.active.values() if task.task_id in a.in_flight)
+                self.task_owner[task.task_id] = owner.problem_id
+                self.pool.submit(task, worker)
+
+    def _first_task(self, worker: int) -> TrialTask | RetimeTask | None:
+        """A task for an idle worker: from its problem, else from a problem it claims, else (nothing left
+        to claim) from the problem in progress with the fewest tasks in flight."""
+        task = None
+        home = self.active.get(self.home.get(worker, -1))
+        if home is not None:
+            task = self._next_task(home)
+        while task is None and (claimed := self._claim()) is not None:
+            self.home[worker] = claimed.problem_id
+            task = self._next_task(claimed)
+        if task is None:
+            for active in sorted(self.active.values(), key=lambda a: len(a.in_flight)):
+                if (task := self._next_task(active)) is not None:
+                    break
+        return task
+
+    def _queued_task(self, worker: int) -> TrialTask | RetimeTask | None:
+        """A task to queue behind a busy worker's, of the same problem: its inputs and reference stay
+        warm on that GPU. Claiming and helping are for workers that ran out of work."""
+        last = self.pool.tasks(worker)[-1]
+        active = self.active.get(self.task_owner.get(last.task_id, -1))
+        return None if active is None else self._next_task(active)
 
     def _on_result(self, result: TaskResult) -> None:
         self.run.worker_seconds.update(result.seconds)
+        self.run.busy_seconds[self.pool.label(result.worker_index)] += sum(result.seconds.values())
         problem_id = self.task_owner.pop(result.task.task_id)
         active = self.active.get(problem_id)
         if active is None:

@@ -63,6 +63,7 @@ class SweepRun:
         self.measured_this_run = 0
         self.stopped: str | None = None
         self.worker_seconds: Counter[str] = Counter()
+        self.busy_seconds: Counter[str] = Counter()  # by worker label ("gpu3"): its time on trials
         self.sweep_seconds: Counter[str] = Counter()
 
     def clock(self, name: str) -> contextlib.AbstractContextManager[None]:
