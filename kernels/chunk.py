@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from . import _varlen
+from ._launch import compiles_ahead
 from ._spec import CHUNK_SIZE
 from .chunk_fused import chunk_state_output
 from .chunk_kkt_solve import chunk_kkt_solve_unchecked
@@ -138,6 +139,7 @@ def _check_arguments(
             raise ValueError(f"{name}: {arg} is on {t.device}, q on {q.device}; all must share a device")
 
 
+@compiles_ahead
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

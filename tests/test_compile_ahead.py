@@ -1,0 +1,114 @@
+"""The cold first call (kernels/_launch.py `compiles_ahead`): a prefill call's first launch readies all
+of the call's kernels at once, the cold ones compiling side by side in threads.
+
+The compiling checks run in a child process that compiles for sm90 without a GPU (the compile-only
+driver, as tests/test_guard.py): `chunk_gated_delta_rule` on meta tensors with the h200's tables.
+On the GPU host `scripts/bench_cold_start.py` measures the first call itself.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from _helpers import run_reporting
+
+from gdn_kernels import _launch
+
+# Prints JSON: the kernels the call records, the threads Triton compiled them in, how many compiles
+# compile_ahead waited for, and the compiles that each launch's own first-launch path made afterwards.
+AHEAD_CHILD = """
+import json, threading
+import torch, triton
+import gdn_kernels
+from gdn_kernels import _launch
+from gdn_kernels._launch import compile_only_driver, prepare_first_launch, recording
+from gdn_kernels.tuning import resolving_as
+from gdn_tune.sweep.target import target_place
+
+events = []
+triton.knobs.compilation.listener = lambda **kw: events.append(
+    (threading.current_thread().name, kw["cache_hit"]))
+meta = torch.device("meta")
+T, H, HV, K = 200, 2, 4, 64
+q = torch.empty(1, T, H, K, dtype=torch.bfloat16, device=meta)
+v = torch.empty(1, T, HV, K, dtype=torch.bfloat16, device=meta)
+g = torch.empty(1, T, HV, device=meta)
+args = (q, q, v, g, g)
+kwargs = dict(output_final_state=True, cu_seqlens=torch.tensor([0, 77, T], dtype=torch.int32, device=meta))
+entry = gdn_kernels.chunk_gated_delta_rule
+place, _, _ = target_place("h200")
+with resolving_as("meta", place), compile_only_driver(90):
+    with recording() as records:
+        entry(*args, **kwargs)
+    _launch._chain = _launch._ChainCall(entry.__wrapped__, args, kwargs)
+    prepare_first_launch(records[0].kernel, records[0].config, records[0].args)  # the call's first launch
+    ahead = list(events)
+    done = _launch._chain.done
+    _launch._chain = None
+    for r in records:  # the call goes on: every launch finds its binary in memory
+        prepare_first_launch(r.kernel, r.config, r.args)
+print(json.dumps({
+    "kernels": sorted({r.kernel.fn.__name__ for r in records}),
+    "ahead": ahead,
+    "after": events[len(ahead):],
+    "done": done,
+}))
+"""
+
+
+def test_a_cold_call_compiles_its_kernels_side_by_side_and_then_finds_them(tmp_path):
+    report = run_reporting(AHEAD_CHILD, tmp_path / "cache")
+    assert report["done"]
+    assert len(report["kernels"]) >= 5  # varlen guard, bookkeeping, kkt+solve, w/u, state and output
+    compiled = [name for name, hit in report["ahead"] if not hit]
+    assert len(compiled) >= len(report["kernels"])
+    # Compiled in the pool's threads, not one after another at each kernel's own first launch.
+    assert all(name.startswith("gdn_kernels-compile") for name in compiled), compiled
+    assert report["after"] == []
+
+
+def test_a_warm_call_loads_ahead_without_compiling(tmp_path):
+    cache = tmp_path / "cache"
+    run_reporting(AHEAD_CHILD, cache)
+    report = run_reporting(AHEAD_CHILD, cache)  # the same cache: Triton's disk cache holds every binary
+    assert report["ahead"] and all(hit for _, hit in report["ahead"])
+    assert report["after"] == []
+
+
+def test_compile_ahead_off_leaves_the_entry_point_unwrapped(tmp_path):
+    code = (
+        "import json, gdn_kernels\n"
+        "print(json.dumps(hasattr(gdn_kernels.chunk_gated_delta_rule, '__wrapped__')))"
+    )
+    assert run_reporting(code, tmp_path, GDN_KERNELS_COMPILE_AHEAD="0") is False
+    assert run_reporting(code, tmp_path) is True
+
+
+class _FakeKernel:
+    """Not a JITFunction: `launch` takes Triton's own path, `kernel[grid](**args)`, which this records."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def __getitem__(self, grid):
+        return lambda **args: self.ran.append(threading.current_thread().name)
+
+
+def test_recording_in_one_thread_leaves_other_threads_launches_running():
+    kernel, config = _FakeKernel(), _launch.Config.of(num_warps=4, num_stages=1)
+    with _launch.recording() as records:
+        assert _launch.is_recording()
+        other = threading.Thread(target=lambda: _launch.launch(kernel, (1,), config), name="other")
+        other.start()
+        other.join()
+        _launch.launch(kernel, (1,), config)
+    assert kernel.ran == ["other"]
+    assert [r.kernel for r in records] == [kernel]
+    assert not _launch.is_recording()
+
+
+def test_a_failing_call_readies_nothing_and_raises_nothing():
+    def entry():
+        raise ValueError("bad argument")
+
+    assert _launch.compile_ahead(entry, (), {}) == 0
