@@ -18,6 +18,7 @@ Launch hooks (Triton's profiler) and the interpreter always take Triton's own pa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -106,7 +107,10 @@ def prepare_first_launch(kernel: Any, config: Config, args: dict[str, Any]) -> N
     chain = _chain
     if chain is not None and not chain.done and watch is None and chain.thread == threading.get_ident():
         chain.done = True
-        compile_ahead(chain.entry, chain.args, chain.kwargs)
+        from ._tables import locate_tables
+
+        place = locate_tables(torch.device("cuda", _current_device()))
+        compile_ahead(chain.entry, chain.args, chain.kwargs, place)
     load_warm(kernel, watch, **{**args, **_options(config)})  # recorded args hold the block sizes too
 
 
@@ -251,14 +255,16 @@ def recording() -> Iterator[list[LaunchRecord]]:
 # Compiling a call's kernels side by side (the cold first call)
 #
 # Without warm binaries, a prefill call's first launch in a process compiles its kernels one after
-# another, each at its own first launch: six compiles, 6.6 s on the H200 host. An entry point marked
-# `compiles_ahead` instead, at the first launch of a call that needs a binary this process has not
-# launched, runs its own host code once more under `recording()` (no kernel runs; nothing here reads a
-# device value on the host, so the launches recorded are the call's), and hands every recorded launch
-# to Triton's `AsyncCompileMode`: binaries that warm entries or Triton's cache hold are loaded in
-# this thread, the rest compile in a pool of threads (Triton's frontend holds the GIL, its LLVM passes
-# and ptxas do not). The call then goes on and finds every binary in memory. The compile guard, when
-# on, sees each launch as before (no compile ahead then); GDN_KERNELS_COMPILE_AHEAD=0 turns it off.
+# another, each at its own first launch, and builds each one's C launcher: 7.8 s at dp-8k on the H200
+# host. An entry point marked `compiles_ahead` instead, at the first launch of a call that needs a
+# binary this process has not launched, runs its own host code once more under `recording()`, on meta
+# stand-ins of its tensors (no kernel runs, no device memory is taken; nothing here reads a device
+# value on the host, so the launches recorded are the call's), and hands every recorded launch to
+# Triton's `AsyncCompileMode`: binaries that warm entries or Triton's cache hold are loaded in this
+# thread, the rest compile, and build their launchers, in a pool of threads (Triton's frontend holds
+# the GIL; its LLVM passes, ptxas and the C compiler do not). The call then goes on and finds every
+# binary in memory. The compile guard, when on, sees each launch as before (no compile ahead then);
+# GDN_KERNELS_COMPILE_AHEAD=0 turns it off.
 
 ENV_COMPILE_AHEAD = "GDN_KERNELS_COMPILE_AHEAD"
 
@@ -298,25 +304,67 @@ def compiles_ahead(entry: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def compile_ahead(entry: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> int:
-    """Ready every kernel launch of `entry(*args, **kwargs)` for its first launch: warm binaries and
-    Triton's disk cache load here, the rest compile side by side in a thread pool. Returns the number
-    of compiles it waited for. Best effort: a launch it cannot ready (a compile error, a call that
-    fails to record) is left to its own first launch, which then compiles, or raises, as before."""
+def _on_meta(value: Any) -> Any:
+    """A tensor's stand-in on the meta device (shape, strides, dtype; its storage offset, which is
+    its data pointer there, so alignment specialises as the tensor's); anything else as it is."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    storage = torch.empty(
+        value.untyped_storage().nbytes() // value.element_size(), dtype=value.dtype, device="meta"
+    )
+    return storage.as_strided(value.shape, value.stride(), value.storage_offset())
+
+
+class _CompileThenLauncher:
+    """The executor AsyncCompileMode submits compiles to: each task compiles, then builds the kernel's
+    C launcher (a C compile, about 0.3 s, that the first launch would otherwise make in the caller's
+    thread); the launch then loads it from Triton's cache."""
+
+    def __init__(self, pool: Any, launcher_cls: Any) -> None:
+        self.pool, self.launcher_cls = pool, launcher_cls
+
+    def submit(self, compile_fn: Callable[[], Any]) -> Any:
+        return self.pool.submit(self._compile, compile_fn)
+
+    def _compile(self, compile_fn: Callable[[], Any]) -> Any:
+        kernel = compile_fn()
+        if self.launcher_cls is not None:
+            # On failure the first launch builds it, and reports what fails, itself.
+            with contextlib.suppress(Exception):
+                self.launcher_cls(kernel.src, kernel.metadata)
+        return kernel
+
+
+def compile_ahead(entry: Callable[..., Any], args: tuple, kwargs: dict[str, Any], place: Any) -> int:
+    """Ready every kernel launch of `entry(*args, **kwargs)`, whose configs come from the tables at
+    `place` (`_tables.locate_tables` of the call's device), for its first launch: warm binaries and
+    Triton's disk cache load here, the rest compile side by side in a thread pool, each with its C
+    launcher. Returns how many launches it handed to the pool (compiles, and loads from Triton's
+    disk cache, which go the same way). The call is recorded on meta stand-ins of
+    its tensors, resolving as the device would, so it allocates no device memory. Best effort: a
+    launch it cannot ready (a compile error, a call that fails to record) is left to its own first
+    launch, which then compiles, or raises, as before."""
+    from triton.runtime.driver import driver
+
+    from ._tables import resolving_as
+
     try:
-        with recording() as records:
-            entry(*args, **kwargs)
+        meta_args = tuple(_on_meta(a) for a in args)
+        meta_kwargs = {k: _on_meta(v) for k, v in kwargs.items()}
+        with resolving_as("meta", place), recording() as records:
+            entry(*meta_args, **meta_kwargs)
     except Exception:
         return 0
     if not records:
         return 0
     from concurrent.futures import ThreadPoolExecutor
 
+    launcher_cls = getattr(driver.active, "launcher_cls", None)
     jobs = min(len(records), os.cpu_count() or 1)
     try:
         with (
             ThreadPoolExecutor(jobs, thread_name_prefix="gdn_kernels-compile") as pool,
-            triton.AsyncCompileMode(pool, ignore_errors=True) as compiles,
+            triton.AsyncCompileMode(_CompileThenLauncher(pool, launcher_cls), ignore_errors=True) as compiles,
         ):
             for record in records:
                 try:
