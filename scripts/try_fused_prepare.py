@@ -21,6 +21,17 @@ the shipped sm90 tables give (resolved by the package's entry points) against th
 config of its grid, each by CUDA-graph replay (scripts/bench_kernels.py's `time_graph`). The grid is
 compiled first in worker processes (--jobs) on small inputs of the same specialisation, so the timed
 process finds every binary in Triton's cache.
+
+Measured (H200, Triton 3.6, CUDA-graph median of 30, this grid with BK 64; 50 s wall in all), package
+pair at its sm90 table configs → best fused config, pair/fused:
+    dp-8k      0.254 → 0.275 ms (0.92x, BC 64, 1 warp, 2 stages)   fused I/O floor 0.092 ms (442 MB)
+    tp1-next   0.144 → 0.146 ms (0.98x, BC 64, 1 warp, 2 stages)   floor 0.050 ms (238 MB)
+    tp8        0.042 → 0.040 ms (1.04x, BC 128, 1 warp, 1 stage)   floor 0.012 ms (55 MB)
+    dp-64x128  0.306 → 0.280 ms (1.09x, BC 128, 1 warp, 3 stages)  floor 0.092 ms (442 MB)
+w, u and gc equal the pair's bitwise on every shape. The fused kernel sits at 3x its I/O floor: one
+warp per (chunk, head) is latency-bound (the solve's 16-row tiles), and the 120 MB less traffic
+(Ai written and read, k, β, gc read again: 614 → 442 MB at dp-8k) does not show; 2 warps and more
+are slower, as for chunk_kkt_solve alone. Shared memory on sm90: 3-18 KB per config (72/72 fit).
 """
 
 from __future__ import annotations
