@@ -29,7 +29,7 @@ pair at its sm90 table configs → best fused config, pair/fused:
     tp8        0.042 → 0.040 ms (1.04x, BC 128, 1 warp, 1 stage)   floor 0.012 ms (55 MB)
     dp-64x128  0.306 → 0.280 ms (1.09x, BC 128, 1 warp, 3 stages)  floor 0.092 ms (442 MB)
 w, u and gc equal the pair's bitwise on every shape. The fused kernel sits at 3x its I/O floor: one
-warp per (chunk, head) is latency-bound (the solve's 16-row tiles), and the 120 MB less traffic
+warp per (chunk, head) is latency-bound (the solve's 16-row tiles), and the 172 MB less traffic
 (Ai written and read, k, β, gc read again: 614 → 442 MB at dp-8k) does not show; 2 warps and more
 are slower, as for chunk_kkt_solve alone. Shared memory on sm90: 3-18 KB per config (72/72 fit).
 """
