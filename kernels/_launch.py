@@ -101,17 +101,20 @@ def _options(config: Config) -> dict[str, int]:
 def prepare_first_launch(kernel: Any, config: Config, args: dict[str, Any]) -> None:
     """Before a process's first launch of a specialisation: load its warm binary (`_warm.py`) and, with
     the compile guard on and start-up over, report or refuse a launch that would compile (`_guard.py`).
-    Inside an entry point that `compiles_ahead`, the first such launch of a call first readies every
-    kernel the call launches, compiling the cold ones side by side."""
+    Inside an entry point that `compiles_ahead`, the first launch of a call that finds no warm binary
+    readies every kernel the call launches instead, compiling the cold ones side by side."""
     watch = _guard.guard_watcher(kernel, config) if _guard.watching() else None
     chain = _chain
-    if chain is not None and not chain.done and watch is None and chain.thread == threading.get_ident():
-        chain.done = True
+    ahead = chain is not None and not chain.done and watch is None and chain.thread == threading.get_ident()
+    run_kwargs = {**args, **_options(config)}  # recorded args hold the block sizes too
+    if not load_warm(kernel, watch, defer=ahead, **run_kwargs):
+        # No warm binary: ready the call's every kernel now, this one among them.
         from ._tables import locate_tables
 
-        place = locate_tables(torch.device("cuda", _current_device()))
-        compile_ahead(chain.entry, chain.args, chain.kwargs, place)
-    load_warm(kernel, watch, **{**args, **_options(config)})  # recorded args hold the block sizes too
+        chain.done = True
+        compile_ahead(
+            chain.entry, chain.args, chain.kwargs, locate_tables(torch.device("cuda", _current_device()))
+        )
 
 
 def _binary_of(compiled: Any) -> tuple[Any, tuple, Any, Any]:
@@ -256,8 +259,8 @@ def recording() -> Iterator[list[LaunchRecord]]:
 #
 # Without warm binaries, a prefill call's first launch in a process compiles its kernels one after
 # another, each at its own first launch, and builds each one's C launcher: 7.8 s at dp-8k on the H200
-# host. An entry point marked `compiles_ahead` instead, at the first launch of a call that needs a
-# binary this process has not launched, runs its own host code once more under `recording()`, on meta
+# host. An entry point marked `compiles_ahead` instead, at the first launch of a call whose binary is
+# neither in memory nor warm (a warmed call pays nothing for it), runs its own host code once more under `recording()`, on meta
 # stand-ins of its tensors (no kernel runs, no device memory is taken; nothing here reads a device
 # value on the host, so the launches recorded are the call's), and hands every recorded launch to
 # Triton's `AsyncCompileMode`: binaries that warm entries or Triton's cache hold are loaded in this

@@ -213,19 +213,23 @@ def _in_triton_cache(kernel: Any, compile: dict[str, Any]) -> bool:
     return metadata in group
 
 
-def load_warm(kernel: Any, watch: Any = None, **run_kwargs: Any) -> None:
+def load_warm(kernel: Any, watch: Any = None, defer: bool = False, **run_kwargs: Any) -> bool:
     """Before the first launch of a specialisation: bind the arguments as the launch will and load its
     warm binary if there is one (else Triton compiles or loads it here, as the launch would have).
+    With `defer`, a launch without a warm binary is left alone instead (nothing compiled or loaded)
+    and False returned: the caller readies it with others (`_launch.compile_ahead`). True otherwise.
 
     `watch(how, compile)`, when given (the compile guard), hears how the binary is reached before
     Triton compiles anything: "warm", "cached" (Triton's disk cache), "compile", or "hidden" (another
     jit_cache_hook decides); an exception it raises stops the launch."""
     always = knobs.compilation.always_compile  # TRITON_ALWAYS_COMPILE: the user wants Triton to compile
     if always and watch is None:
-        return
+        return True
     owner = threading.get_ident()
+    deferred = False
 
     def hook(*, key: str, fn: Any, compile: dict[str, Any], is_manual_warmup: bool, **_: Any) -> bool:
+        nonlocal deferred
         # Only this thread's warmup call: answering True to a real launch would skip that launch.
         if not (is_manual_warmup and fn.jit_function is kernel and threading.get_ident() == owner):
             return False
@@ -235,19 +239,23 @@ def load_warm(kernel: Any, watch: Any = None, **run_kwargs: Any) -> None:
             return True
         if watch is not None:
             watch("compile" if always or not _in_triton_cache(kernel, compile) else "cached", compile)
+        if defer and not always:
+            deferred = True
+            return True  # skip: no compile now
         return False
 
     with _lock:
         if knobs.runtime.jit_cache_hook is not None:  # someone else decides about compiles
             if watch is not None:
                 watch("hidden", None)
-            return
+            return True
         knobs.runtime.jit_cache_hook = hook
         try:
             kernel.warmup(grid=(1,), **run_kwargs)
         finally:
             if knobs.runtime.jit_cache_hook is hook:
                 knobs.runtime.jit_cache_hook = None
+    return not deferred
 
 
 def warm_specialisations(kernel: Any, device: Any) -> list[dict[str, str]]:

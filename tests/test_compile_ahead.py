@@ -40,6 +40,10 @@ place, _, _ = target_place("h200")
 with resolving_as("meta", place), recording() as records:
     entry(*args, **kwargs)
 with compile_only_driver(90):
+    # A first launch inside a compiles_ahead call asks for its warm binary and defers when none exists.
+    r = records[0]
+    readied = _launch.load_warm(r.kernel, None, defer=True, **r.args, num_warps=r.num_warps, num_stages=r.num_stages)
+    deferred_events = list(events)
     # What the call's first launch does (it takes the device's place: here the h200's, as recorded).
     waited = _launch.compile_ahead(entry.__wrapped__, args, kwargs, place)
     ahead = list(events)
@@ -50,12 +54,15 @@ print(json.dumps({
     "ahead": ahead,
     "after": events[len(ahead):],
     "waited": waited,
+    "readied": readied,
+    "deferred_events": deferred_events,
 }))
 """
 
 
 def test_a_cold_call_compiles_its_kernels_side_by_side_and_then_finds_them(tmp_path):
     report = run_reporting(AHEAD_CHILD, tmp_path / "cache")
+    assert report["readied"] is False and report["deferred_events"] == []  # deferred: nothing compiled
     assert len(report["kernels"]) >= 5  # varlen guard, bookkeeping, kkt+solve, w/u, state and output
     compiled = [name for name, hit in report["ahead"] if not hit]
     assert len(compiled) >= len(report["kernels"])
