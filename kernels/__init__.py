@@ -20,6 +20,7 @@ from ._spec import Config, KernelSpec, Key, Workload
 from ._targets import TARGETS, GpuTarget, target_by_name
 
 if TYPE_CHECKING:
+    from ._preload import preload
     from .chunk import chunk_gated_delta_rule
     from .fused_recurrent import fused_recurrent_gated_delta_rule
     from .gating import fused_gdn_gating
@@ -35,6 +36,7 @@ _LAZY = {
     "fused_gdn_gating": "gating",
     "gdn_prefill_prep": "gdn_prep",
     "l2norm": "l2norm",
+    "preload": "_preload",
 }
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "gdn_prefill_prep",
     "kernel_specs",
     "l2norm",
+    "preload",
     "seal_compiles",
     "spec_by_name",
     "target_by_name",

@@ -608,6 +608,24 @@ def _resolve(spec: KernelSpec, key: Key, device: torch.device) -> Resolution:
     return Resolution(spec.name, device_label, key, spec.default_for(key), "default", reason=reason)
 
 
+def preload_tables(device: torch.device) -> int:
+    """Find `device`'s tables and read every kernel's (what each kernel's first resolution would do);
+    returns how many tables were read. Problems are reported as a first resolution reports them."""
+    import torch
+
+    from ._registry import KERNEL_NAMES, spec_by_name
+
+    device = torch.device(device)
+    with _lock:
+        place_key = (device.type, device.index)
+        place = _places.get(place_key)
+        if place is None:
+            place = _places[place_key] = locate_tables(device)
+        if place.arch is None:
+            return 0
+        return sum(len(_tables_for(spec_by_name(name), place)) for name in KERNEL_NAMES)
+
+
 def resolve_config(spec: KernelSpec, key: Key, device: torch.device) -> Config:
     """The config a launch of `spec` uses for `key` on `device`: after the first call, one dict lookup."""
     # The cache key avoids `Key.__hash__` (a Python-level call, about 230 ns) and `device.type` (a new

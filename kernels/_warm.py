@@ -28,6 +28,7 @@ never loaded.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import json
@@ -130,10 +131,28 @@ def _launch_files(compiled: Any) -> list[Path]:
     return [Path(p) for p in compiled.metadata_group.values() if Path(p).suffix in (".json", binary)]
 
 
-def _entry(kernel: Any, compiled: Any, target: Any, files: list[Path]) -> dict[str, Any]:
+def _specialization_data(kernel: Any, compiled: Any, key: str) -> str | None:
+    """Triton's own description of the launch (`serialize_specialization_data`, what
+    `JITFunction.preload` reads): signature, constexprs, attributes, options and the in-memory key."""
+    try:
+        from triton.compiler import make_backend
+        from triton.runtime.jit import get_full_name, serialize_specialization_data
+
+        src = compiled.src
+        options = make_backend(compiled.metadata.target).parse_options(compiled.metadata._asdict())
+        return serialize_specialization_data(
+            get_full_name(kernel.fn), src.signature, src.constants, src.attrs, options, key
+        )
+    except Exception:  # an entry without it still serves first launches; only preload skips it
+        return None
+
+
+def _entry(kernel: Any, compiled: Any, target: Any, files: list[Path], key: str) -> dict[str, Any]:
     from ._guard import specialisation_of_compiled
 
     return {
+        "key": key,
+        "specialization_data": _specialization_data(kernel, compiled, key),
         "hash": compiled.hash,
         "folder": files[0].parent.name,  # named after the hash, encoded, by Triton's cache manager
         "files": sorted(p.name for p in files),
@@ -151,7 +170,7 @@ def remember(kernel: Any, compiled: Any) -> bool:
     if found is None:
         return False
     key, target = found
-    entry = _entry(kernel, compiled, target, _launch_files(compiled))
+    entry = _entry(kernel, compiled, target, _launch_files(compiled), key)
     # A reader sees the whole entry or none.
     write_text_atomically(
         _entry_path(Path(knobs.cache.dir), _FINGERPRINT, kernel, target, key), json.dumps(entry)
@@ -256,6 +275,89 @@ def load_warm(kernel: Any, watch: Any = None, defer: bool = False, **run_kwargs:
             if knobs.runtime.jit_cache_hook is hook:
                 knobs.runtime.jit_cache_hook = None
     return not deferred
+
+
+def _kernel_named(name: str) -> Any:
+    """The JITFunction an entry names (`module.qualname`), from this package's modules only."""
+    import importlib
+
+    from triton.runtime.jit import JITFunction
+
+    module, _, qualname = name.rpartition(".")
+    if not module.startswith(__package__ + "."):
+        return None
+    try:
+        kernel = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        return None
+    return kernel if isinstance(kernel, JITFunction) else None
+
+
+def preload_warm(load_modules: bool = True) -> tuple[int, int, set[Any]]:
+    """Load every warm binary that Triton's cache folder and the bundle hold for this process (its
+    fingerprint) and the current device's target into the kernels' in-memory caches, with the
+    binary loaded on the device and its C launcher (`load_modules`; False under the compile-only
+    driver, which has no device): what each first launch would otherwise do in turn. Never compiles.
+    Returns (binaries loaded, entries skipped: another target or fingerprint, or unreadable, the
+    kernels loaded)."""
+    from triton.runtime.driver import driver
+
+    device = driver.active.get_current_device()
+    target = driver.active.get_current_target()
+    roots = [(Path(knobs.cache.dir), _FINGERPRINT)]
+    bundle = _open_bundle(target)
+    if bundle is not None:
+        roots.append(bundle)
+    loaded = skipped = 0
+    kernels: set[Any] = set()
+    for root, fingerprint in roots:
+        for path in sorted((root / FOLDER).glob("*.json")):
+            try:
+                entry = json.loads(path.read_text())
+                key, data = entry["key"], entry["specialization_data"]
+                kernel = _kernel_named(entry["kernel"]) if entry["target"] == repr(target) else None
+            except (OSError, ValueError, KeyError, TypeError):
+                kernel = None
+            # The entry's name holds the fingerprint: an entry of other sources or another Triton is
+            # another file.
+            if kernel is None or not data or _entry_path(root, fingerprint, kernel, target, key) != path:
+                skipped += 1
+                continue
+            cache = kernel.device_caches[device][0]
+            if key not in cache and not _preload_one(kernel, data):
+                skipped += 1
+                continue
+            if load_modules:  # on failure its first launch loads it, and reports what fails, itself
+                with contextlib.suppress(Exception):
+                    cache[key]._init_handles()
+            loaded += 1
+            kernels.add(kernel)
+    return loaded, skipped, kernels
+
+
+def _preload_one(kernel: Any, specialization_data: str) -> bool:
+    """Put one warm binary into `kernel`'s in-memory cache through Triton's `preload`, whose compile
+    this hook answers from the entry (or skips: a preload never compiles)."""
+    found = False
+
+    def hook(*, key: str, fn: Any, compile: dict[str, Any], is_manual_warmup: bool, **_: Any) -> bool:
+        nonlocal found
+        if fn.jit_function is kernel and is_manual_warmup:
+            found = _load(kernel, key, compile)
+        return True
+
+    with _lock:
+        if knobs.runtime.jit_cache_hook is not None:
+            return False
+        knobs.runtime.jit_cache_hook = hook
+        try:
+            kernel.preload(specialization_data)
+        except Exception:
+            return False
+        finally:
+            if knobs.runtime.jit_cache_hook is hook:
+                knobs.runtime.jit_cache_hook = None
+    return found
 
 
 def warm_specialisations(kernel: Any, device: Any) -> list[dict[str, str]]:
@@ -456,7 +558,7 @@ def add_to_bundle(root: Path, kernel: Any, compiled: Any, modules: list[Path]) -
         _copy_atomically(path, folder / path.name)
     for module in modules:  # Triton's cache keeps each in a folder named after its key
         _copy_atomically(module, root / MODULES / module.parent.name / module.name)
-    entry = _entry(kernel, compiled, target, files)
+    entry = _entry(kernel, compiled, target, files, key)
     fingerprint = bundle_identity(target.arch)["fingerprint"]
     write_text_atomically(_entry_path(root, fingerprint, kernel, target, key), json.dumps(entry))
     return True
