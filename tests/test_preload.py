@@ -55,7 +55,9 @@ def test_preload_puts_every_warm_binary_in_memory_and_first_launches_find_them(t
     entries = sorted((cache / "gdn_kernels-warm").glob("*.json"))
     shutil.copy(entries[0], entries[0].with_name("0" * 64 + ".json"))
     # An entry of another target.
-    other = json.loads(entries[0].read_text()) | {"target": "GPUTarget(backend='cuda', arch=80, warp_size=32)"}
+    other = json.loads(entries[0].read_text()) | {
+        "target": "GPUTarget(backend='cuda', arch=80, warp_size=32)"
+    }
     (entries[0].with_name("1" * 64 + ".json")).write_text(json.dumps(other))
 
     result = run_reporting(PRELOAD_CHILD, cache)
@@ -67,7 +69,9 @@ def test_preload_puts_every_warm_binary_in_memory_and_first_launches_find_them(t
 
 
 def test_preload_without_warm_entries_loads_nothing_and_compiles_nothing(tmp_path):
-    result = run_reporting(PRELOAD_CHILD.replace("for T in (1, 64, 8192):", "for T in ():"), tmp_path / "empty")
+    result = run_reporting(
+        PRELOAD_CHILD.replace("for T in (1, 64, 8192):", "for T in ():"), tmp_path / "empty"
+    )
     assert (result["loaded"], result["skipped"], result["during"]) == (0, 0, [])
 
 
@@ -86,7 +90,8 @@ triton.knobs.compilation.listener = lambda **kw: compiled.append(kw["cache_hit"]
 report = gdn_kernels.preload()
 before = len(compiled)
 T = 1024
-q = torch.randn(1, T, 2, 128, device="cuda", dtype=torch.bfloat16)
+# Unit-norm q and k (on the host side of torch, no kernel of ours): the recurrence stays bounded.
+q = torch.nn.functional.normalize(torch.randn(1, T, 2, 128, device="cuda"), dim=-1).bfloat16()
 v = torch.randn(1, T, 8, 128, device="cuda", dtype=torch.bfloat16)
 g = -torch.rand(1, T, 8, device="cuda")
 b = torch.rand(1, T, 8, device="cuda")
@@ -95,5 +100,6 @@ torch.cuda.synchronize()
 print(json.dumps({"binaries": report.binaries, "after": compiled[before:], "finite": bool(o.isfinite().all())}))
 """
     result = run_reporting(code, cache)
-    assert result["binaries"] > 0 and result["finite"]
-    assert result["after"] == []
+    assert result["binaries"] > 0
+    assert result["after"] == []  # the first call neither compiled nor loaded a binary
+    assert result["finite"]
