@@ -32,9 +32,11 @@ def preload(device: Any = None) -> PreloadReport:
     from . import _launch, _tables, _warm
 
     started = time.perf_counter()
-    device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
-    if device.type != "cuda":
+    if device is not None and torch.device(device).type != "cuda":
         raise ValueError(f"preload: device must be a CUDA device, got {device}")
+    if not torch.cuda.is_available():
+        raise RuntimeError("preload: no CUDA device is available (binaries are loaded onto one)")
+    device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
     with torch.cuda.device(device):
         torch.cuda.init()
         tables = _tables.preload_tables(device)

@@ -75,6 +75,13 @@ def test_preload_without_warm_entries_loads_nothing_and_compiles_nothing(tmp_pat
     assert (result["loaded"], result["skipped"], result["during"]) == (0, 0, [])
 
 
+def test_preload_refuses_a_device_that_is_not_cuda():
+    import gdn_kernels
+
+    with pytest.raises(ValueError, match="preload: device must be a CUDA device, got cpu"):
+        gdn_kernels.preload("cpu")
+
+
 @pytest.mark.gpu
 def test_preload_on_the_gpu_then_a_warmed_first_call(tmp_path):
     torch = pytest.importorskip("torch")
