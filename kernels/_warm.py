@@ -339,12 +339,15 @@ def _preload_one(kernel: Any, specialization_data: str) -> bool:
     """Put one warm binary into `kernel`'s in-memory cache through Triton's `preload`, whose compile
     this hook answers from the entry (or skips: a preload never compiles)."""
     found = False
+    owner = threading.get_ident()
 
     def hook(*, key: str, fn: Any, compile: dict[str, Any], is_manual_warmup: bool, **_: Any) -> bool:
         nonlocal found
-        if fn.jit_function is kernel and is_manual_warmup:
-            found = _load(kernel, key, compile)
-        return True
+        # Only this thread's preload: another thread's launch meanwhile takes Triton's own path.
+        if not (is_manual_warmup and fn.jit_function is kernel and threading.get_ident() == owner):
+            return False
+        found = _load(kernel, key, compile)
+        return True  # loaded, or skipped: never a compile
 
     with _lock:
         if knobs.runtime.jit_cache_hook is not None:
