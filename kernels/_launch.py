@@ -105,16 +105,14 @@ def prepare_first_launch(kernel: Any, config: Config, args: dict[str, Any]) -> N
     readies every kernel the call launches instead, compiling the cold ones side by side."""
     watch = _guard.guard_watcher(kernel, config) if _guard.watching() else None
     chain = _chain
-    ahead = chain is not None and not chain.done and watch is None and chain.thread == threading.get_ident()
+    ahead = chain is not None and chain[0] is not None and watch is None and chain[3] == threading.get_ident()
     run_kwargs = {**args, **_options(config)}  # recorded args hold the block sizes too
     if not load_warm(kernel, watch, defer=ahead, **run_kwargs):
         # No warm binary: ready the call's every kernel now, this one among them.
-        from ._tables import locate_tables
+        from ._tables import place_for
 
-        chain.done = True
-        compile_ahead(
-            chain.entry, chain.args, chain.kwargs, locate_tables(torch.device("cuda", _current_device()))
-        )
+        entry, chain[0] = chain[0], None
+        compile_ahead(entry, chain[1], chain[2], place_for(torch.device("cuda", _current_device())))
 
 
 def _binary_of(compiled: Any) -> tuple[Any, tuple, Any, Any]:
@@ -258,38 +256,31 @@ def recording() -> Iterator[list[LaunchRecord]]:
 # Compiling a call's kernels side by side (the cold first call)
 #
 # Without warm binaries, a prefill call's first launch in a process compiles its kernels one after
-# another, each at its own first launch, and builds each one's C launcher: 7.8 s at dp-8k on the H200
-# host. An entry point marked `compiles_ahead` instead, at the first launch of a call whose binary is
-# neither in memory nor warm (a warmed call pays nothing for it), runs its own host code once more under `recording()`, on meta
-# stand-ins of its tensors (no kernel runs, no device memory is taken; nothing here reads a device
-# value on the host, so the launches recorded are the call's), and hands every recorded launch to
-# Triton's `AsyncCompileMode`: binaries that warm entries or Triton's cache hold are loaded in this
-# thread, the rest compile, and build their launchers, in a pool of threads (Triton's frontend holds
-# the GIL; its LLVM passes, ptxas and the C compiler do not). The call then goes on and finds every
-# binary in memory. The compile guard, when on, sees each launch as before (no compile ahead then);
+# another, each at its own first launch, and builds each one's C launcher: 6.7-7.8 s at dp-8k on the
+# H200 host. An entry point marked `compiles_ahead` instead, at the first launch of a call whose
+# binary is neither in memory nor warm (a warmed call pays nothing for it), runs its own host code once
+# more under `recording()`, on meta stand-ins of its tensors (no kernel runs, no device memory is
+# taken; nothing here reads a device value on the host, so the launches recorded are the call's), and
+# hands every recorded launch to Triton's `AsyncCompileMode`: binaries that warm entries or Triton's
+# cache hold are loaded in this thread, the rest compile, and build their launchers, in a pool of
+# threads. They overlap only in part (ptxas and the C compiler run as processes; Triton's passes hold
+# the GIL for much of their run): 5-6 s at dp-8k. The call then goes on and finds every binary in
+# memory. The compile guard, when on, sees each launch as before (no compile ahead then);
 # GDN_KERNELS_COMPILE_AHEAD=0 turns it off.
 
 ENV_COMPILE_AHEAD = "GDN_KERNELS_COMPILE_AHEAD"
 
 
-class _ChainCall:
-    """The entry-point call in progress in one thread, and whether its kernels were readied."""
-
-    __slots__ = ("args", "done", "entry", "kwargs", "thread")
-
-    def __init__(self, entry: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> None:
-        self.entry, self.args, self.kwargs = entry, args, kwargs
-        self.thread = threading.get_ident()
-        self.done = False
-
-
-_chain: _ChainCall | None = None
+# The entry-point call in progress, [entry, args, kwargs, thread id]: a list, not an object, because
+# it is made on every call (a class with __init__ costs about 0.25 µs more on the 2-core CPU). Its
+# entry becomes None once the call's kernels were readied.
+_chain: list[Any] | None = None
 
 
 def compiles_ahead(entry: Callable[..., Any]) -> Callable[..., Any]:
     """Mark an entry point whose host code launches its kernels without side effects of its own (no
     in-place torch op, no host read of a device value): its first launch that needs a binary readies
-    the call's every kernel at once (`compile_ahead`). About 0.2 µs a call."""
+    the call's every kernel at once (`compile_ahead`). About 0.4 µs a call on the 2-core CPU."""
     if INTERPRETED or os.environ.get(ENV_COMPILE_AHEAD, "1") == "0":
         return entry
 
@@ -298,7 +289,7 @@ def compiles_ahead(entry: Callable[..., Any]) -> Callable[..., Any]:
         global _chain
         if _chain is not None:  # an entry point inside another, or another thread's call
             return entry(*args, **kwargs)
-        _chain = _ChainCall(entry, args, kwargs)
+        _chain = [entry, args, kwargs, threading.get_ident()]
         try:
             return entry(*args, **kwargs)
         finally:
@@ -340,13 +331,13 @@ class _CompileThenLauncher:
 
 def compile_ahead(entry: Callable[..., Any], args: tuple, kwargs: dict[str, Any], place: Any) -> int:
     """Ready every kernel launch of `entry(*args, **kwargs)`, whose configs come from the tables at
-    `place` (`_tables.locate_tables` of the call's device), for its first launch: warm binaries and
-    Triton's disk cache load here, the rest compile side by side in a thread pool, each with its C
-    launcher. Returns how many launches it handed to the pool (compiles, and loads from Triton's
-    disk cache, which go the same way). The call is recorded on meta stand-ins of
-    its tensors, resolving as the device would, so it allocates no device memory. Best effort: a
-    launch it cannot ready (a compile error, a call that fails to record) is left to its own first
-    launch, which then compiles, or raises, as before."""
+    `place` (`_tables.place_for` the call's device), for its first launch: warm binaries and Triton's
+    disk cache load here, the rest compile side by side in a thread pool, each with its C launcher.
+    Returns how many launches it handed to the pool (compiles, and loads from Triton's disk cache,
+    which go the same way). The call is recorded on meta stand-ins of its tensors, resolving as the
+    device would, so it allocates no device memory. Best effort: a launch it cannot ready (a compile
+    error, a call that fails to record) is left to its own first launch, which then compiles, or
+    raises, as before."""
     from triton.runtime.driver import driver
 
     from ._tables import resolving_as

@@ -586,10 +586,7 @@ def _resolve(spec: KernelSpec, key: Key, device: torch.device) -> Resolution:
 
     device = torch.device(device)
     device_label = str(device)
-    place_key = (device.type, device.index)
-    place = _places.get(place_key)
-    if place is None:
-        place = _places[place_key] = locate_tables(device)
+    place = place_for(device)
     if place.arch is None:
         if place.warn:
             _problem(f"{place.why_none}: every kernel runs its default config")
@@ -615,15 +612,21 @@ def preload_tables(device: torch.device) -> int:
 
     from ._registry import KERNEL_NAMES, spec_by_name
 
-    device = torch.device(device)
+    place = place_for(torch.device(device))
+    if place.arch is None:
+        return 0
     with _lock:
-        place_key = (device.type, device.index)
+        return sum(len(_tables_for(spec_by_name(name), place)) for name in KERNEL_NAMES)
+
+
+def place_for(device: torch.device) -> TablePlace:
+    """Where `device`'s tables are, found once per process (`locate_tables`) and then remembered."""
+    place_key = (device.type, device.index)
+    with _lock:
         place = _places.get(place_key)
         if place is None:
             place = _places[place_key] = locate_tables(device)
-        if place.arch is None:
-            return 0
-        return sum(len(_tables_for(spec_by_name(name), place)) for name in KERNEL_NAMES)
+    return place
 
 
 def resolve_config(spec: KernelSpec, key: Key, device: torch.device) -> Config:

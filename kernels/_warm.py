@@ -263,18 +263,29 @@ def load_warm(kernel: Any, watch: Any = None, defer: bool = False, **run_kwargs:
             return True  # skip: no compile now
         return False
 
-    with _lock:
-        if knobs.runtime.jit_cache_hook is not None:  # someone else decides about compiles
+    with _cache_hook(hook) as installed:
+        if not installed:  # someone else decides about compiles
             if watch is not None:
                 watch("hidden", None)
             return True
+        kernel.warmup(grid=(1,), **run_kwargs)
+    return not deferred
+
+
+@contextlib.contextmanager
+def _cache_hook(hook: Any) -> Any:
+    """Within the block, `hook` is Triton's process-wide jit_cache_hook (one at a time: `_lock`);
+    yields False, installing nothing, where another hook is installed already."""
+    with _lock:
+        if knobs.runtime.jit_cache_hook is not None:
+            yield False
+            return
         knobs.runtime.jit_cache_hook = hook
         try:
-            kernel.warmup(grid=(1,), **run_kwargs)
+            yield True
         finally:
             if knobs.runtime.jit_cache_hook is hook:
                 knobs.runtime.jit_cache_hook = None
-    return not deferred
 
 
 def _kernel_named(name: str) -> Any:
@@ -349,17 +360,13 @@ def _preload_one(kernel: Any, specialization_data: str) -> bool:
         found = _load(kernel, key, compile)
         return True  # loaded, or skipped: never a compile
 
-    with _lock:
-        if knobs.runtime.jit_cache_hook is not None:
+    with _cache_hook(hook) as installed:
+        if not installed:
             return False
-        knobs.runtime.jit_cache_hook = hook
         try:
             kernel.preload(specialization_data)
         except Exception:
             return False
-        finally:
-            if knobs.runtime.jit_cache_hook is hook:
-                knobs.runtime.jit_cache_hook = None
     return found
 
 

@@ -118,3 +118,32 @@ def test_a_failing_call_readies_nothing_and_raises_nothing():
         raise ValueError("bad argument")
 
     assert _launch.compile_ahead(entry, (), {}, None) == 0
+
+
+def test_a_calls_first_cold_launch_readies_the_call_once(monkeypatch):
+    """The wiring in `prepare_first_launch`: inside a `compiles_ahead` call, the first launch whose warm
+    binary is missing (load_warm defers) hands the call to compile_ahead; later launches of the call,
+    and launches outside any such call, do not."""
+    from gdn_kernels import _tables
+
+    readied, deferrals = [], []
+    monkeypatch.setattr(
+        _launch, "load_warm", lambda kernel, watch, defer, **kw: deferrals.append(defer) or not defer
+    )
+    monkeypatch.setattr(_launch, "compile_ahead", lambda *call: readied.append(call) or 0)
+    monkeypatch.setattr(_launch, "_current_device", lambda: 0)
+    monkeypatch.setattr(_tables, "place_for", lambda device: f"place of {device}")
+    monkeypatch.setattr(_launch, "INTERPRETED", False)  # the tests' process interprets: decorate anyway
+    config = _launch.Config.of(num_warps=4, num_stages=1)
+
+    def entry(x, *, y):
+        _launch.prepare_first_launch(_FakeKernel(), config, {})
+        _launch.prepare_first_launch(_FakeKernel(), config, {})
+        return x + y
+
+    assert _launch.compiles_ahead(entry)(1, y=2) == 3
+    assert readied == [(entry, (1,), {"y": 2}, "place of cuda:0")]
+    assert deferrals == [True, False]
+    _launch.prepare_first_launch(_FakeKernel(), config, {})  # outside any call: nothing to ready
+    assert len(readied) == 1 and deferrals[-1] is False
+    assert _launch._chain is None
