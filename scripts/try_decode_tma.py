@@ -17,6 +17,14 @@ l2norm of q, k; state cache bf16 [slots, HV, V, K] read from and written back to
     tma_dev     TMA through a device-side tensor descriptor on the slot's [HV·V, K] view
     tma_host    TMA through one host-side descriptor on the whole cache viewed as [slots·HV·V, K]
                 (row (slot·HV + hv)·V + v0)
+    splitKI     the tile held as [BV, K/KI, KI] (KI 16, 32, 64): a thread holds more of a row, so the two
+                reductions over K take fewer shuffle rounds (KI 128 is ptr's layout)
+    walk        tma_host's tile, one program per (sequence, head) walking its V/BV tiles in a pipelined
+                loop: at num_stages ≥ 2 the next tiles' TMA loads are in flight during the math
+    persistC    C programs per SM walk all tiles of all sequences in a pipelined loop (TMA loads)
+    ..._alg     splitKI with o and v' from two reductions of the loaded state, none of the updated one
+    lean        the tile kept in registers as loaded (bf16) and widened twice, once for the reductions
+                (as _alg) and once for the update: half the registers per byte in flight
 
 Each config's o and written state are checked against the package kernel's (table config) on the same
 inputs; all timed by CUDA-graph replay; % is of copy bandwidth for the bf16 state read + written.
@@ -47,7 +55,12 @@ import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-VARIANTS = ("ptr", "ptr_stream", "ptr_evict", "i32", "i32_stream", "tma_dev", "tma_host")
+VARIANTS = (
+    "ptr", "ptr_stream", "ptr_evict", "i32", "i32_stream", "tma_dev", "tma_host",
+    "split128_alg", "split16", "split32", "split64", "split16_alg", "split32_alg", "split64_alg",
+    "lean", "lean_stream", "walk", "persist2", "persist4", "persist8",
+)  # fmt: skip
+DESCRIPTOR_VARIANTS = ("tma_host", "walk", "persist2", "persist4", "persist8")
 
 
 @triton.jit
@@ -209,7 +222,160 @@ def _decode_tma_host_kernel(q, k, v, a, b, A_log, dt_bias, o, state_desc, slots,
     state_desc.store([row, 0], b_h.to(state_desc.dtype))
 
 
+@triton.jit
+def _decode_split_kernel(q, k, v, a, b, A_log, dt_bias, o, state, slots, scale,
+                         H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                         BV: tl.constexpr, KI: tl.constexpr, ALG: tl.constexpr):  # fmt: skip
+    """The [BV, K] tile held as [BV, K/KI, KI]: Triton's coalescing orders the axes by contiguity, ties
+    in axis order, so threads go KI/8 along a row's KI contiguous elements, then over rows (axis 0), and
+    the K/KI pieces of a row (axis 1) repeat in registers. So each thread holds K/KI·8 elements of one row and a reduction over K takes log2(KI/8)
+    shuffle rounds instead of log2(K/8). ALG: o and v' from the two reductions of the loaded S
+    (o = d·Sq + (k·q)·v', v' = β(v − d·Sk)), no reduction of the updated S."""
+    KO: tl.constexpr = K // KI
+    i_nh, i_p = tl.program_id(0), tl.program_id(1)
+    i_n, i_hv = i_nh // HV, i_nh % HV
+    i_h = i_hv // (HV // H)
+    i_slot = tl.load(slots + i_n).to(tl.int64)
+    if i_slot < 0:
+        return
+    b_decay, b_beta = _gates(a, b, A_log, dt_bias, i_n, i_hv, HV)
+    o_ko, o_ki = tl.arange(0, KO), tl.arange(0, KI)
+    o_kk = o_ko[:, None] * KI + o_ki[None, :]  # [KO, KI]
+    b_q = tl.load(q + (i_n * H + i_h) * K + o_kk).to(tl.float32)
+    b_k = tl.load(k + (i_n * H + i_h) * K + o_kk).to(tl.float32)
+    b_q = b_q * tl.rsqrt(tl.sum(tl.sum(b_q * b_q, axis=1), axis=0) + 1e-6) * scale
+    b_k = b_k * tl.rsqrt(tl.sum(tl.sum(b_k * b_k, axis=1), axis=0) + 1e-6)
+    o_v = i_p * BV + tl.arange(0, BV)
+    o_h = o_v[:, None, None] * K + o_kk[None, :, :]  # [BV, KO, KI]
+    o_h = tl.max_contiguous(tl.multiple_of(o_h, [K, KI, 8]), [1, 1, KI])
+    p_h = state + (i_slot * HV + i_hv) * V * K + o_h
+    b_h = tl.load(p_h).to(tl.float32)
+    b_v = tl.load(v + (i_n * HV + i_hv) * V + o_v).to(tl.float32)
+    b_k3, b_q3 = b_k[None, :, :], b_q[None, :, :]
+    if ALG:
+        b_hk = tl.sum(tl.sum(b_h * b_k3, axis=2), axis=1)
+        b_hq = tl.sum(tl.sum(b_h * b_q3, axis=2), axis=1)
+        b_kq = tl.sum(tl.sum(b_k * b_q, axis=1), axis=0)
+        b_v = b_beta * (b_v - b_decay * b_hk)
+        b_o = b_decay * b_hq + b_kq * b_v
+        b_h = b_h * b_decay + b_k3 * b_v[:, None, None]
+    else:
+        b_h *= b_decay
+        b_v = b_beta * (b_v - tl.sum(tl.sum(b_h * b_k3, axis=2), axis=1))
+        b_h += b_k3 * b_v[:, None, None]
+        b_o = tl.sum(tl.sum(b_h * b_q3, axis=2), axis=1)
+    tl.store(o + (i_n * HV + i_hv) * V + o_v, b_o.to(o.dtype.element_ty))
+    tl.store(p_h, b_h.to(state.dtype.element_ty))
+
+
+@triton.jit
+def _decode_lean_kernel(q, k, v, a, b, A_log, dt_bias, o, state, slots, scale,
+                        H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                        BV: tl.constexpr, STREAM: tl.constexpr):  # fmt: skip
+    """The tile stays in registers as loaded (bf16 pairs, half the registers of float32) and is widened
+    twice: once for the two reductions of the loaded S (o = d·Sq + (k·q)·v', v' = β(v − d·Sk)), once
+    for the update, so the float32 tile need not stay alive in between."""
+    i_nh, i_p = tl.program_id(0), tl.program_id(1)
+    i_n, i_hv = i_nh // HV, i_nh % HV
+    i_h = i_hv // (HV // H)
+    i_slot = tl.load(slots + i_n).to(tl.int64)
+    if i_slot < 0:
+        return
+    b_decay, b_beta = _gates(a, b, A_log, dt_bias, i_n, i_hv, HV)
+    b_q, b_k = _qk(q, k, i_n, i_h, scale, H, K)
+    o_v = i_p * BV + tl.arange(0, BV)
+    o_k = tl.arange(0, K)
+    o_h = tl.max_contiguous(tl.multiple_of(o_v[:, None] * K + o_k[None, :], [K, 8]), [1, K])
+    p_h = state + (i_slot * HV + i_hv) * V * K + o_h
+    if STREAM:
+        b_raw = tl.load(p_h, cache_modifier=".cg")
+    else:
+        b_raw = tl.load(p_h)
+    b_v = tl.load(v + (i_n * HV + i_hv) * V + o_v).to(tl.float32)
+    b_h = b_raw.to(tl.float32)
+    b_hk = tl.sum(b_h * b_k[None, :], axis=1)
+    b_hq = tl.sum(b_h * b_q[None, :], axis=1)
+    b_v = b_beta * (b_v - b_decay * b_hk)
+    b_o = b_decay * b_hq + tl.sum(b_k * b_q) * b_v
+    tl.store(o + (i_n * HV + i_hv) * V + o_v, b_o.to(o.dtype.element_ty))
+    # bf16 → float32 is the 16 bits placed in the top half of a word; as inline assembly that is not
+    # pure, the compiler can neither merge it with the first widening nor move it before the reductions.
+    b_h = tl.inline_asm_elementwise(
+        "{ .reg .b16 z; mov.b16 z, 0; mov.b32 $0, {z, $1}; }",
+        "=r,h",
+        [b_raw],
+        dtype=tl.float32,
+        is_pure=False,
+        pack=1,
+    )
+    b_h = b_h * b_decay + b_v[:, None] * b_k[None, :]
+    if STREAM:
+        tl.store(p_h, b_h.to(state.dtype.element_ty), cache_modifier=".cs")
+    else:
+        tl.store(p_h, b_h.to(state.dtype.element_ty))
+
+
+@triton.jit
+def _decode_walk_kernel(q, k, v, a, b, A_log, dt_bias, o, state_desc, slots, scale,
+                        H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                        BV: tl.constexpr):  # fmt: skip
+    """One program per (sequence, head) walks its V/BV tiles; with num_stages ≥ 2 Triton's pipeliner
+    issues the TMA loads of the next tiles into shared memory while the current one is computed, so
+    bytes in flight are no longer bounded by the registers a float32 tile takes."""
+    i_nh = tl.program_id(0)
+    i_n, i_hv = i_nh // HV, i_nh % HV
+    i_h = i_hv // (HV // H)
+    i_slot = tl.load(slots + i_n)
+    if i_slot < 0:
+        return
+    b_decay, b_beta = _gates(a, b, A_log, dt_bias, i_n, i_hv, HV)
+    b_q, b_k = _qk(q, k, i_n, i_h, scale, H, K)
+    base = ((i_slot * HV + i_hv) * V).to(tl.int32)
+    for v0 in tl.range(0, V, BV):
+        o_v = v0 + tl.arange(0, BV)
+        b_h = state_desc.load([base + v0, 0]).to(tl.float32)
+        b_v = tl.load(v + (i_n * HV + i_hv) * V + o_v).to(tl.float32)
+        b_o, b_h = _update(b_h, b_q, b_k, b_v, b_decay, b_beta)
+        tl.store(o + (i_n * HV + i_hv) * V + o_v, b_o.to(o.dtype.element_ty))
+        state_desc.store([base + v0, 0], b_h.to(state_desc.dtype))
+
+
+@triton.jit
+def _decode_persist_kernel(q, k, v, a, b, A_log, dt_bias, o, state_desc, slots, scale, N,
+                           H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                           BV: tl.constexpr):  # fmt: skip
+    """A fixed number of programs (a few per SM) walk every (sequence, head, BV rows) tile in turn,
+    the pipelined TMA loads of the next tiles (slot index loaded a stage earlier) in flight meanwhile.
+    A padded entry's tile is read from slot 0 and not written."""
+    VB: tl.constexpr = V // BV
+    for item in tl.range(tl.program_id(0), N * HV * VB, tl.num_programs(0)):
+        i_nh, v0 = item // VB, (item % VB) * BV
+        i_n, i_hv = i_nh // HV, i_nh % HV
+        i_h = i_hv // (HV // H)
+        i_slot = tl.load(slots + i_n)
+        row = ((tl.maximum(i_slot, 0) * HV + i_hv) * V + v0).to(tl.int32)
+        b_h = state_desc.load([row, 0]).to(tl.float32)
+        b_decay, b_beta = _gates(a, b, A_log, dt_bias, i_n, i_hv, HV)
+        b_q, b_k = _qk(q, k, i_n, i_h, scale, H, K)
+        o_v = v0 + tl.arange(0, BV)
+        b_v = tl.load(v + (i_n * HV + i_hv) * V + o_v).to(tl.float32)
+        b_o, b_h = _update(b_h, b_q, b_k, b_v, b_decay, b_beta)
+        if i_slot >= 0:
+            tl.store(o + (i_n * HV + i_hv) * V + o_v, b_o.to(o.dtype.element_ty))
+            state_desc.store([row, 0], b_h.to(state_desc.dtype))
+
+
+def grid_of(variant: str, N: int, HV: int, V: int, BV: int, sms: int) -> tuple:
+    if variant == "walk":
+        return (N * HV,)
+    if variant.startswith("persist"):
+        return (min(N * HV * (V // BV), sms * int(variant[7:])),)
+    return (N * HV, V // BV)
+
+
 def kernel_of(variant: str):
+    if variant.startswith("split"):
+        return _decode_split_kernel, {"KI": int(variant[5:].split("_")[0]), "ALG": variant.endswith("_alg")}
     return {
         "ptr": (_decode_ptr_kernel, {"STREAM": 0}),
         "ptr_stream": (_decode_ptr_kernel, {"STREAM": 1}),
@@ -218,6 +384,12 @@ def kernel_of(variant: str):
         "i32_stream": (_decode_i32_kernel, {"STREAM": True}),
         "tma_dev": (_decode_tma_dev_kernel, {}),
         "tma_host": (_decode_tma_host_kernel, {}),
+        "lean": (_decode_lean_kernel, {"STREAM": False}),
+        "lean_stream": (_decode_lean_kernel, {"STREAM": True}),
+        "walk": (_decode_walk_kernel, {}),
+        "persist2": (_decode_persist_kernel, {}),
+        "persist4": (_decode_persist_kernel, {}),
+        "persist8": (_decode_persist_kernel, {}),
     }[variant]
 
 
@@ -226,14 +398,18 @@ def launch_args(variant: str, inputs: dict, out: torch.Tensor, cache: torch.Tens
     K = cache.shape[-1]
     if variant.startswith("i32"):
         state = cache.view(torch.int32)
-    elif variant == "tma_host":
+    elif variant in DESCRIPTOR_VARIANTS:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         state = TensorDescriptor.from_tensor(cache.view(-1, K), block_shape=[BV, K])
     else:
         state = cache
     _, flags = kernel_of(variant)
+    if "KI" in flags:
+        flags["KI"] = min(flags["KI"], K)  # the interpreter's tiny K
     H, HV, V = inputs["q"].shape[2], cache.shape[1], cache.shape[2]
+    if variant.startswith("persist"):
+        flags = {**flags, "N": inputs["q"].shape[1]}
     return dict(
         q=inputs["q"], k=inputs["k"], v=inputs["v"], a=inputs["g"], b=inputs["beta"], A_log=inputs["A_log"],
         dt_bias=inputs["dt_bias"], o=out, state=state, slots=inputs["ssm_state_indices"], scale=K**-0.5,
@@ -251,7 +427,7 @@ def configs(bvs, warps_list, stage_list, K: int = 128, V: int = 128):
 def _call(variant: str, args: dict, grid, warps: int, stages: int) -> None:
     kernel, _ = kernel_of(variant)
     args = dict(args)
-    if variant == "tma_host":
+    if variant in DESCRIPTOR_VARIANTS:
         args["state_desc"] = args.pop("state")
     kernel[grid](**args, num_warps=warps, num_stages=stages)
 
@@ -259,15 +435,19 @@ def _call(variant: str, args: dict, grid, warps: int, stages: int) -> None:
 def _warmup(variant: str, args: dict, warps: int, stages: int):
     kernel, _ = kernel_of(variant)
     args = dict(args)
-    if variant == "tma_host":
+    if variant in DESCRIPTOR_VARIANTS:
         args["state_desc"] = args.pop("state")
     return kernel.warmup(**args, grid=(1,), num_warps=warps, num_stages=stages)
 
 
 def _ptx_summary(ptx: str) -> str:
-    """Counts of the PTX's global memory and TMA instructions, e.g. ld.global.v4.b32×8."""
+    """Counts of the PTX's global and shared memory, TMA, shuffle and barrier instructions, e.g.
+    ld.global.v4.b32×8."""
     counts: dict[str, int] = {}
-    for m in re.finditer(r"\b(ld\.global[\w.]*|st\.global[\w.]*|cp\.async\.bulk\.tensor[\w.:]*)", ptx):
+    for m in re.finditer(
+        r"\b(ld\.global[\w.]*|st\.global[\w.]*|cp\.async\.bulk\.tensor[\w.:]*|shfl[\w.]*|bar\.sync|ld\.shared[\w.]*)",
+        ptx,
+    ):
         op = m.group(1)
         counts[op] = counts.get(op, 0) + 1
     return " ".join(f"{op}×{n}" for op, n in sorted(counts.items()))
@@ -371,7 +551,7 @@ def run_interpret(variants, grid_bv) -> int:
             out = torch.zeros(N, HV, V, dtype=torch.bfloat16)
             args = launch_args(variant, inputs, out, cache, BV)
             try:
-                _call(variant, args, (N * HV, V // BV), 1, 1)
+                _call(variant, args, grid_of(variant, N, HV, V, BV, 2), 1, 1)
             except Exception as e:
                 print(f"  {variant:10s} BV{BV:<3d} interpreter FAILED: {type(e).__name__}: {e}")
                 worst = float("inf")
@@ -439,7 +619,7 @@ def run_gpu(args, variants, grid) -> int:
             cache.copy_(inputs["initial_state"])
             out.zero_()
             call_args = launch_args(variant, inputs, out, cache, BV)
-            grid_ = (N * HV, V // BV)
+            grid_ = grid_of(variant, N, HV, V, BV, torch.cuda.get_device_properties().multi_processor_count)
             call = lambda a=call_args, g=grid_, w=warps, s=stages, var=variant: _call(var, a, g, w, s)
             try:
                 call()
