@@ -22,6 +22,7 @@ import contextlib
 import functools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -261,14 +262,22 @@ def recording() -> Iterator[list[LaunchRecord]]:
 # binary is neither in memory nor warm (a warmed call pays nothing for it), runs its own host code once
 # more under `recording()`, on meta stand-ins of its tensors (no kernel runs, no device memory is
 # taken; nothing here reads a device value on the host, so the launches recorded are the call's), and
-# hands every recorded launch to Triton's `AsyncCompileMode`: binaries that warm entries or Triton's
-# cache hold are loaded in this thread, the rest compile, and build their launchers, in a pool of
-# threads. They overlap only in part (ptxas and the C compiler run as processes; Triton's passes hold
-# the GIL for much of their run): 5-6 s at dp-8k. The call then goes on and finds every binary in
-# memory. The compile guard, when on, sees each launch as before (no compile ahead then);
-# GDN_KERNELS_COMPILE_AHEAD=0 turns it off.
+# compiles the launches that have no binary yet side by side: every recorded launch goes to Triton's
+# `AsyncCompileMode`, binaries that warm entries or Triton's cache hold load in this thread, the rest
+# compile, with their C launchers, in a pool of threads. With GDN_KERNELS_COMPILE_AHEAD=processes
+# (where the OS can fork) each cold launch first compiles in a child process of its own, forked from
+# this one (no interpreter start-up, no imports), into Triton's disk cache with its C launcher; the
+# child touches no GPU and leaves by os._exit, and the pool then only loads. Measured on an H100 host
+# (docs/benchmarks.md §1b), both take 2.7-3.4 s at 8192 tokens, against 6.6-8.2 s one compile after
+# another: the longest compile (kkt + solve, 1.5-1.6 s) and Triton's per-process key (0.4 s) bound
+# it. Processes keep the compiles off this process's GIL, which a serving engine's other threads may
+# hold. The call then goes on and finds every binary in memory. The compile guard, when on, sees each
+# launch as before (no compile ahead then). GDN_KERNELS_COMPILE_AHEAD=0 turns it off.
 
 ENV_COMPILE_AHEAD = "GDN_KERNELS_COMPILE_AHEAD"
+# How long the children of one call may take before they are killed and their launches compile
+# in this process instead.
+CHILD_COMPILE_TIMEOUT_S = 300.0
 
 
 # The entry-point call in progress, [entry, args, kwargs, thread id]: a list, not an object, because
@@ -354,6 +363,10 @@ def compile_ahead(entry: Callable[..., Any], args: tuple, kwargs: dict[str, Any]
     from concurrent.futures import ThreadPoolExecutor
 
     launcher_cls = getattr(driver.active, "launcher_cls", None)
+    if hasattr(os, "fork") and os.environ.get(ENV_COMPILE_AHEAD) == "processes":
+        cold = [r for r in records if _needs_compile(r)]
+        if len(cold) > 1:  # one compile gains nothing from a child
+            _compile_in_children(cold, driver.active.get_current_target().arch, launcher_cls)
     jobs = min(len(records), os.cpu_count() or 1)
     try:
         with (
@@ -375,6 +388,70 @@ def compile_ahead(entry: Callable[..., Any], args: tuple, kwargs: dict[str, Any]
     except RuntimeError:  # another AsyncCompileMode is active in this context: leave it to the launches
         return 0
     return waited
+
+
+def _needs_compile(record: LaunchRecord) -> bool:
+    """Whether the recorded launch would compile: its binary is neither in memory, nor warm (a warm one
+    is loaded now), nor in Triton's disk cache."""
+    hows: list[str] = []
+    try:
+        load_warm(
+            record.kernel,
+            lambda how, _compile: hows.append(how),
+            defer=True,
+            **record.args,
+            num_warps=record.num_warps,
+            num_stages=record.num_stages,
+        )
+    except Exception:
+        return False  # its own launch reports what is wrong
+    return "compile" in hows
+
+
+def _compile_in_children(records: list[LaunchRecord], cc: int, launcher_cls: Any) -> int:
+    """Compile each record for compute capability `cc` into Triton's disk cache, with its C launcher,
+    in a forked child of its own, all at once; wait for them (killing any still running after
+    CHILD_COMPILE_TIMEOUT_S). Returns how many succeeded. A child that fails leaves its launch to
+    compile in this process, which then reports the error."""
+    import signal
+    import warnings
+
+    children = []
+    with warnings.catch_warnings():
+        # Python warns on fork in a process with threads: the child runs only the compile, on no lock
+        # another thread may hold but the compile-only driver's, which it replaces.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for record in records:
+            try:
+                pid = os.fork()
+            except OSError:
+                break
+            if pid == 0:  # the child
+                code = 1
+                try:
+                    global _compile_only_lock
+                    _compile_only_lock = threading.Lock()
+                    compiled = compile_for_target(record, cc)
+                    if launcher_cls is not None:
+                        launcher_cls(compiled.src, compiled.metadata)
+                    code = 0
+                finally:
+                    os._exit(code)
+            children.append(pid)
+    deadline = time.monotonic() + CHILD_COMPILE_TIMEOUT_S
+    succeeded = 0
+    for pid in children:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                succeeded += os.waitstatus_to_exitcode(status) == 0
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.005)
+    return succeeded
 
 
 # Launches compile under a driver that names the target and launches nothing, as a device of its own

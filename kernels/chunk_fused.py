@@ -318,7 +318,8 @@ def _make_outputs(
     """o (or `out`) and the final state, plus h and v_new where the split structure needs them (the
     tuner times both structures on one set of outputs, so its outputs always hold them)."""
     outputs = _state._make_outputs(inputs) if split else _state.final_state_output(inputs)
-    outputs["o"] = torch.empty_like(inputs["u"]) if out is None else out
+    o = torch.empty_like(inputs["u"], memory_format=torch.contiguous_format)  # see chunk_output._make_outputs
+    outputs["o"] = o if out is None else out
     return outputs
 
 

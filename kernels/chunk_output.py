@@ -182,7 +182,9 @@ def _launch_chunk_output(inputs: dict, outputs: dict, config: Config) -> None:
 
 def _make_outputs(inputs: dict) -> dict[str, torch.Tensor]:
     v_new = inputs["v_new"]
-    return {"o": torch.empty_like(v_new)}
+    # An explicit memory format: preserve_format on a meta tensor (compile ahead records calls on
+    # meta stand-ins) goes through torch's Python reference, whose first use imports sympy (1.2-2.4 s).
+    return {"o": torch.empty_like(v_new, memory_format=torch.contiguous_format)}
 
 
 def output_like(v_new: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ child process starts with TRITON_CACHE_DIR = a new empty folder and TRITON_PRINT
 inputs, then times its first `chunk_gated_delta_rule` call (to the end of the GPU work) and two more.
 
 Modes: `fla` (flash-linear-attention 0.6, `fla` importable), `ours` (gdn_kernels, nothing warmed),
+`ours-processes` and `ours-serial` (the same with GDN_KERNELS_COMPILE_AHEAD=processes, whose compiles
+run in forked children, so the child's listener counts their loads, not compiles, and with =0),
 `ours-warm` (gdn_kernels after `gdn-tune warmup --shape <the case>` filled that empty cache; the warmup's
 own wall time is reported too), `ours-preload` (the same, and the process calls `gdn_kernels.preload()`
 after building its inputs, as an engine's start-up would; its seconds are reported apart), `ours-bundle` (the empty cache and GDN_TUNE_BINARY_DIR pointing at a
@@ -152,10 +154,15 @@ def warm(case: str, cache_dir: str, preset: str | None, extra: Sequence[str] = (
     return time.perf_counter() - started
 
 
+# The cold first call with its kernels compiled side by side in forked children instead of threads,
+# and one after another at each launch.
+COMPILE_AHEAD_MODES = {"ours-processes": "processes", "ours-serial": "0"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(COLD_CASES), choices=COLD_CASES)
-    modes = ["fla", "ours", "ours-warm", "ours-preload", "ours-bundle"]
+    modes = ["fla", "ours", "ours-processes", "ours-serial", "ours-warm", "ours-preload", "ours-bundle"]
     parser.add_argument("--modes", nargs="+", default=modes[:3], choices=modes)
     parser.add_argument("--warmup-preset", help="warm this preset instead of the case's shape alone")
     parser.add_argument("--json", help="write every measurement here")
@@ -172,6 +179,8 @@ def main() -> int:
                 warmup_s, env = None, {}
                 if mode in ("ours-warm", "ours-preload"):
                     warmup_s = warm(case, cache_dir, args.warmup_preset)
+                if mode in COMPILE_AHEAD_MODES:
+                    env = {"GDN_KERNELS_COMPILE_AHEAD": COMPILE_AHEAD_MODES[mode]}
                 if mode == "ours-bundle":  # written from another cache, so this one stays empty
                     bundle = str(Path(cache_dir, "bundle"))
                     other = str(Path(cache_dir, "other"))

@@ -90,10 +90,12 @@ def compiled_env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
-def run_reporting(code: str, cache: Path, timeout: int = 300, **env: str) -> dict:
-    """Run `code` in a fresh compiling process on Triton cache `cache`; its last line is JSON."""
+def run_reporting(code: str, cache: Path, timeout: int = 300, cwd: Path | None = None, **env: str) -> dict:
+    """Run `code` in a fresh compiling process (in folder `cwd`) on Triton cache `cache`; its last line
+    is JSON."""
     done = subprocess.run(
         [sys.executable, "-c", code],
+        cwd=cwd,
         capture_output=True,
         text=True,
         env=compiled_env(TRITON_CACHE_DIR=str(cache), **env),

@@ -1,5 +1,6 @@
 """The cold first call (kernels/_launch.py `compiles_ahead`): a prefill call's first launch readies all
-of the call's kernels at once, the cold ones compiling side by side in threads.
+of the call's kernels at once, the cold ones compiling side by side in threads (or in forked child
+processes, GDN_KERNELS_COMPILE_AHEAD=processes).
 
 The compiling checks run in a child process that compiles for sm90 without a GPU (the compile-only
 driver, as tests/test_guard.py): `chunk_gated_delta_rule` on meta tensors with the h200's tables.
@@ -15,9 +16,11 @@ from _helpers import run_reporting
 from gdn_kernels import _launch
 
 # Prints JSON: the kernels the call records, the threads Triton compiled them in, how many compiles
-# compile_ahead waited for, and the compiles that each launch's own first-launch path made afterwards.
+# compile_ahead waited for, and the compiles that each launch's own first-launch path made afterwards;
+# "children": the compiles of other processes (Triton's listener, inherited by a forked child, writes
+# each child's to a file of its own).
 AHEAD_CHILD = """
-import json, threading
+import json, os, threading
 import torch, triton
 import gdn_kernels
 from gdn_kernels import _launch
@@ -25,9 +28,15 @@ from gdn_kernels._launch import compile_only_driver, prepare_first_launch, recor
 from gdn_kernels.tuning import resolving_as
 from gdn_tune.sweep.target import target_place
 
+parent = os.getpid()
 events = []
-triton.knobs.compilation.listener = lambda **kw: events.append(
-    (threading.current_thread().name, kw["cache_hit"]))
+def listen(**kw):
+    if os.getpid() == parent:
+        events.append((threading.current_thread().name, kw["cache_hit"]))
+    else:
+        with open(f"child-events-{os.getpid()}.json", "w") as f:
+            json.dump([kw["src"].fn.__name__, kw["cache_hit"]], f)
+triton.knobs.compilation.listener = listen
 meta = torch.device("meta")
 T, H, HV, K = 200, 2, 4, 64
 q = torch.empty(1, T, H, K, dtype=torch.bfloat16, device=meta)
@@ -49,7 +58,10 @@ with compile_only_driver(90):
     ahead = list(events)
     for r in records:  # the call goes on: every launch finds its binary in memory
         prepare_first_launch(r.kernel, r.config, r.args)
+import glob
+children = [json.load(open(f)) for f in sorted(glob.glob("child-events-*.json"))]
 print(json.dumps({
+    "children": children,
     "kernels": sorted({r.kernel.fn.__name__ for r in records}),
     "ahead": ahead,
     "after": events[len(ahead):],
@@ -60,12 +72,24 @@ print(json.dumps({
 """
 
 
-def test_a_cold_call_compiles_its_kernels_side_by_side_and_then_finds_them(tmp_path):
-    report = run_reporting(AHEAD_CHILD, tmp_path / "cache")
+def test_a_cold_call_compiles_its_kernels_in_child_processes_and_then_finds_them(tmp_path):
+    report = run_reporting(
+        AHEAD_CHILD, tmp_path / "cache", cwd=tmp_path, GDN_KERNELS_COMPILE_AHEAD="processes"
+    )
     assert report["readied"] is False and report["deferred_events"] == []  # deferred: nothing compiled
     assert len(report["kernels"]) >= 5  # varlen guard, bookkeeping, kkt+solve, w/u, state and output
+    # One child per cold kernel compiled it; this process only loaded the binaries from the disk cache.
+    assert sorted(name for name, hit in report["children"] if not hit) == sorted(report["kernels"])
+    assert report["ahead"] and all(hit for _, hit in report["ahead"])
+    assert report["waited"] == len(report["ahead"])
+    assert report["after"] == []
+
+
+def test_in_threads_a_cold_call_compiles_its_kernels_side_by_side_and_then_finds_them(tmp_path):
+    report = run_reporting(AHEAD_CHILD, tmp_path / "cache", cwd=tmp_path)
+    assert report["children"] == []
     compiled = [name for name, hit in report["ahead"] if not hit]
-    assert len(compiled) >= len(report["kernels"])
+    assert len(compiled) >= len(report["kernels"]) >= 5
     assert report["waited"] == len(compiled)
     # Compiled in the pool's threads, not one after another at each kernel's own first launch.
     assert all(name.startswith("gdn_kernels-compile") for name in compiled), compiled
@@ -74,10 +98,14 @@ def test_a_cold_call_compiles_its_kernels_side_by_side_and_then_finds_them(tmp_p
 
 def test_a_cached_call_loads_ahead_without_compiling(tmp_path):
     cache = tmp_path / "cache"
-    run_reporting(AHEAD_CHILD, cache)
-    report = run_reporting(AHEAD_CHILD, cache)  # the same cache: Triton's disk cache holds every binary
+    run_reporting(AHEAD_CHILD, cache, cwd=tmp_path)
+    for f in tmp_path.glob("child-events-*.json"):
+        f.unlink()
+    report = run_reporting(AHEAD_CHILD, cache, cwd=tmp_path, GDN_KERNELS_COMPILE_AHEAD="processes")
+    # Triton's disk cache holds every binary
+    assert report["children"] == []  # nothing to compile: no child
     assert report["ahead"] and all(hit for _, hit in report["ahead"])
-    assert report["waited"] == len(report["ahead"])  # Triton's disk-cache loads, in the pool too
+    assert report["waited"] == len(report["ahead"])  # Triton's disk-cache loads, in the pool
     assert report["after"] == []
 
 
